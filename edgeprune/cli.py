@@ -1,0 +1,116 @@
+"""Command line: parses, calls the library, renders with rich. ``edgeprune --help``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from edgeprune.budgets import BudgetError
+from edgeprune.export import ExportMismatch
+from edgeprune.graph import GraphError
+from edgeprune.plan import PlanError
+from edgeprune.runtimes import RuntimeMissing
+from edgeprune.targets import TargetError, list_targets
+from edgeprune.task import BUILTIN, TaskError, load_task
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
+                  help="Prune trained PyTorch models until a measured latency budget and a metric budget both hold.")
+console = Console()
+errors = Console(stderr=True)
+
+#: Errors that are the user's input, not a bug: one line, exit code 2.
+USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing)
+INFEASIBLE_EXIT = 3
+
+
+def fail(message: str, code: int = 2) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def tune(
+    task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
+    target: Annotated[str, typer.Option(help="target name in targets/ or a .toml path")] = "cpu",
+    latency_budget: Annotated[str, typer.Option(help="e.g. 2.5ms, 800us, or 0.5x (of dense, measured)")] = "0.5x",
+    metric: Annotated[Optional[str], typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder; default runs/TASK")] = None,
+    finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
+    step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
+    seed: Annotated[int, typer.Option(help="seed for fine-tuning")] = 0,
+) -> None:
+    """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
+    from edgeprune.report import comparison_rows
+    from edgeprune.tune import RunFolderError, TuneSettings
+    from edgeprune.tune import tune as run_tune
+
+    try:
+        settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
+                                finetune_steps=finetune_steps, step=step, seed=seed)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+    folder = out or Path("runs") / Path(task.split(":")[-1]).name
+    try:
+        with console.status("starting", spinner="dots") as status:
+            def log(message: str) -> None:
+                console.log(message, highlight=False)
+                status.update(message)
+
+            result = run_tune(settings, folder, log=log)
+    except (*USER_ERRORS, RunFolderError) as exc:
+        fail(str(exc))
+    manifest = result.manifest
+    table = Table(title=f"{manifest['task']['name']} on {manifest['target']['name']}: {result.status}")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    for row in comparison_rows(manifest):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"{result.reason}. Run folder: {result.out} (report.md, manifest.json)", highlight=False)
+    if result.status != "met":
+        fail(f"budgets cannot both hold: {result.reason}; the best plan found is saved in {result.out}", INFEASIBLE_EXIT)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    table = Table("task", "metric", "default budget", "description")
+    for name in BUILTIN:
+        try:
+            t = load_task(name)
+            table.add_row(name, t.metric, t.default_metric_budget, t.description)
+        except TaskError as exc:
+            table.add_row(name, "—", "—", f"unavailable: {exc}")
+    console.print(table)
+
+
+@app.command()
+def targets() -> None:
+    """List the targets found in targets/ with runtime, precision and granule."""
+    table = Table("target", "runtime", "device", "precision", "granule", "file")
+    for path, t in list_targets():
+        if isinstance(t, TargetError):
+            table.add_row(path.stem, f"[red]invalid: {t}[/]", "", "", "", str(path))
+        else:
+            table.add_row(t.name, t.runtime, t.device, t.precision, str(t.granule), str(path))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted; nothing was published")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

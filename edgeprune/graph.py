@@ -1,0 +1,120 @@
+"""ComponentGraph: Torch-Pruning dependency groups, each tagged intra-component or inter-component flow.
+
+A group is keyed by its root module's name: the same architecture always yields the same keys, so a plan made
+on one model object replays on another. A group whose items span several components is a **flow** (an
+interface such as a shared latent); its producers are the components whose output channels it removes, its
+consumers those whose input channels it removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeprune.profiling import component_of
+
+
+class GraphError(ValueError):
+    """The model cannot be traced into dependency groups, or a name does not exist in it."""
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    key: str
+    width: int
+    modules: tuple[str, ...]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.producers) | set(self.consumers)))
+
+    @property
+    def kind(self) -> Literal["intra", "flow"]:
+        return "intra" if len(self.components) <= 1 else "flow"
+
+
+def default_components(model: nn.Module) -> dict[str, list[str]]:
+    """One component per top-level child that holds parameters."""
+    return {name: [name] for name, child in model.named_children() if any(True for _ in child.parameters())}
+
+
+class ComponentGraph:
+    """Dependency groups of one model object, classified by component; prunes that object in place."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        components: Mapping[str, Sequence[str]] | None = None,
+        output_layers: Sequence[str] = (),
+    ) -> None:
+        self.model = model
+        self.names = {module: name for name, module in model.named_modules()}
+        by_name = dict(model.named_modules())
+        unknown = [name for name in output_layers if name not in by_name]
+        if unknown:
+            raise GraphError(f"output layers not in the model: {', '.join(unknown)}")
+        self.components = {k: list(v) for k, v in (components or default_components(model)).items()}
+        self.output_layers = tuple(output_layers)
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        except Exception as exc:  # torch tracing errors come in many types
+            raise GraphError(f"cannot trace the model into dependency groups: {type(exc).__name__}: {exc}") from exc
+        self.groups: dict[str, GroupInfo] = {}
+        for group in self.dg.get_all_groups(ignored_layers=[by_name[n] for n in output_layers]):
+            info = self._describe(group)
+            self.groups[info.key] = info
+
+    def _describe(self, group: tp.dependency.Group) -> GroupInfo:
+        root = group[0].dep.target.module
+        modules: list[str] = []
+        producers: set[str] = set()
+        consumers: set[str] = set()
+        for item in group.items:
+            name = self.names.get(item.dep.target.module)
+            if name is None:  # Torch-Pruning's internal ops (concat, reshape, element-wise) have no module name
+                continue
+            modules.append(name)
+            component = component_of(name, self.components)
+            is_out = getattr(item.dep.handler, "__name__", "") == "prune_out_channels"
+            if isinstance(item.dep.target.module, (nn.Linear, nn.modules.conv._ConvNd)):
+                (producers if is_out else consumers).add(component)
+        return GroupInfo(
+            key=self.names[root],
+            width=self.dg.get_out_channels(root),
+            modules=tuple(dict.fromkeys(modules)),
+            producers=tuple(sorted(producers)),
+            consumers=tuple(sorted(consumers)),
+        )
+
+    def _group(self, key: str, idxs: Sequence[int]) -> tp.dependency.Group:
+        module = dict(self.model.named_modules()).get(key)
+        if module is None:
+            raise GraphError(f"group root {key!r} is not a module of this model")
+        return self.dg.get_pruning_group(module, self.dg.get_pruner_of_module(module).prune_out_channels, list(idxs))
+
+    def importance(self, key: str) -> torch.Tensor:
+        """Per-channel L2 magnitude importance of a group, summed over every layer it couples."""
+        group = self._group(key, range(self.groups[key].width))
+        scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
+        if scores is None:
+            raise GraphError(f"group {key!r} has no layer with weights to score")
+        return scores.detach()
+
+    def prune(self, key: str, remove: Sequence[int]) -> None:
+        """Remove the given channel positions (relative to the group's current width) from every coupled layer."""
+        if not remove:
+            return
+        width = self.groups[key].width
+        if max(remove) >= width or min(remove) < 0 or len(set(remove)) >= width:
+            raise GraphError(f"group {key!r}: cannot remove positions {sorted(remove)[:5]}… of {width} channels")
+        self._group(key, sorted(remove)).prune()
+        info = self.groups[key]
+        self.groups[key] = GroupInfo(info.key, width - len(set(remove)), info.modules, info.producers, info.consumers)

@@ -1,0 +1,357 @@
+"""The tune loop: prune step by step until the measured latency budget and the metric budget both hold.
+
+Each step proposes a larger uniform pruning ratio for every intra-component group (flow groups are protected:
+interfaces keep their width), removes the lowest-magnitude channels at the target's granule, optionally
+fine-tunes, evaluates the metric and — only if the metric budget still holds — exports, checks and measures the
+model on the target. A step that breaks the metric budget is rolled back and retried with half the increment.
+The run is staged in a hidden sibling folder and moved into place only when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import onnx
+import torch
+import torch_pruning as tp
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+import edgeprune
+from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
+from edgeprune.export import check_export, export_onnx, sha256_file, state_dict_hash, to_numpy
+from edgeprune.graph import ComponentGraph
+from edgeprune.plan import Plan
+from edgeprune.profiling import attribute, save_profile
+from edgeprune.runtimes import Latency, Runtime, get_runtime
+from edgeprune.targets import Target, load_target
+from edgeprune.task import Task, load_task
+
+MANIFEST = "manifest.json"
+
+
+class RunFolderError(ValueError):
+    """The output folder cannot take this run."""
+
+
+class TuneSettings(BaseModel):
+    """Everything that defines a run: two runs with equal settings (and target file) are the same run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = "digits-autoencoder"
+    target: str = "cpu"
+    latency_budget: str = "0.5x"
+    metric_budget: str | None = Field(None, description="None: the task's default budget")
+    step: float = Field(0.1, gt=0, le=1, description="first increment of the uniform pruning ratio")
+    min_step: float = Field(0.02, gt=0, description="stop when a rolled-back step would go below this increment")
+    max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
+    finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
+    seed: int = 0
+
+
+@dataclass
+class StepRecord:
+    """One step of the loop, as it lands in the manifest and the report."""
+
+    index: int
+    ratio: float
+    status: Literal["dense", "accepted", "rolled-back"]
+    metrics: dict[str, float]
+    latency: dict[str, object] | None = None
+    macs: int = 0
+    params: int = 0
+    channel_sparsity: float = 0.0
+    note: str = ""
+    seconds: float = 0.0
+    plan_digest: str = ""
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.latency["median_ms"]) if self.latency else math.nan
+
+
+@dataclass
+class TuneResult:
+    status: Literal["met", "infeasible"]
+    reason: str
+    out: Path
+    manifest: dict[str, object]
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+def keep_count(width: int, ratio: float, granule: int) -> int:
+    """Channels to keep when removing ``ratio`` of ``width``: a multiple of the granule, at least one granule.
+
+    Groups no wider than one granule are left alone: any cut would leave a partly filled SIMD/tensor-core block.
+    """
+    if width <= granule:
+        return width
+    kept = round(width * (1.0 - ratio) / granule) * granule
+    return int(min(width, max(granule, kept)))
+
+
+def target_inputs(task: Task, target: Target) -> tuple[torch.Tensor, ...]:
+    """The task's example inputs, resized along the batch dimension when the target fixes a batch."""
+    inputs = task.example_inputs()
+    if target.batch is None:
+        return inputs
+    return tuple(t[torch.arange(target.batch) % t.shape[0]] for t in inputs)
+
+
+def run_key(settings: TuneSettings, target: Target) -> str:
+    payload = json.dumps({"settings": settings.model_dump(), "target": target.digest()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def versions(runtime: Runtime) -> dict[str, str]:
+    return {
+        "edgeprune": edgeprune.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_pruning": importlib.metadata.version("torch-pruning"),
+        "onnx": onnx.__version__,
+        **runtime.versions(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def existing_run(out: Path, key: str) -> dict[str, object] | None:
+    """The manifest of a finished identical run in ``out``; an error if ``out`` holds anything else."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise RunFolderError(f"output {out} exists and is not a folder")
+    manifest_path = out / MANIFEST
+    if not manifest_path.is_file():
+        if any(out.iterdir()):
+            raise RunFolderError(f"output folder {out} is not empty and holds no edgeprune run; choose another --out")
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("run_key") != key:
+        s = manifest.get("settings", {})
+        raise RunFolderError(
+            f"output folder {out} already holds a different run (task {s.get('task')}, target {s.get('target')}, "
+            f"latency {s.get('latency_budget')}, metric {s.get('metric_budget')}); choose another --out or remove it"
+        )
+    return manifest
+
+
+class _Loop:
+    """State of one tune run; ``run`` drives it. Kept as a class so each step's pieces stay small."""
+
+    def __init__(self, settings: TuneSettings, work: Path, log: Callable[[str], None]) -> None:
+        self.settings, self.work, self.log = settings, work, log
+        self.task = load_task(settings.task)
+        self.target = load_target(settings.target)
+        self.runtime = get_runtime(self.target)
+        self.latency_budget = LatencyBudget.parse(settings.latency_budget)
+        self.metric_budget = MetricBudget.parse(settings.metric_budget or self.task.default_metric_budget)
+        if settings.finetune_steps and self.task.finetune is None:
+            raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0")
+        self.inputs = target_inputs(self.task, self.target)
+        self.graph_args = {"components": self.task.components, "output_layers": self.task.output_layers}
+        self.steps: list[StepRecord] = []
+
+    # -- one measurement -------------------------------------------------------------------------------------
+    def measure(self, model: nn.Module, name: str) -> tuple[Path, Latency]:
+        path = export_onnx(model, self.inputs, self.work / f"{name}.onnx")
+        check_export(model, self.inputs, path, self.runtime)
+        return path, self.runtime.latency(path, to_numpy(self.inputs))
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {k: float(v) for k, v in self.task.evaluate(model).items()}
+
+    def count(self, model: nn.Module) -> tuple[int, int]:
+        macs, params = tp.utils.count_ops_and_params(model, self.inputs)
+        return int(macs), int(params)
+
+    def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
+        """Prune a copy of ``model`` so every intra group keeps ``keep_count(dense width, ratio)`` channels."""
+        model = copy.deepcopy(model)
+        graph = ComponentGraph(model, self.inputs, **self.graph_args)
+        for key, info in graph.groups.items():
+            if info.kind != "intra":
+                continue  # flow groups are interfaces between components: protected
+            keep = keep_count(plan.groups[key].width, ratio, self.target.granule)
+            if keep >= info.width:
+                continue
+            positions = sorted(torch.topk(graph.importance(key), keep).indices.tolist())
+            kept = set(positions)
+            graph.prune(key, [i for i in range(info.width) if i not in kept])
+            plan = plan.narrow(key, positions)
+        return model, plan
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def run(self) -> tuple[str, str, nn.Module, Plan, StepRecord, StepRecord]:
+        start = time.perf_counter()
+        dense_model = self.task.build()
+        self.dense_hash = state_dict_hash(dense_model)
+        dense_metrics = self.evaluate(dense_model)
+        self.metric_budget.check_metric(dense_metrics)
+        self.dense_value = dense_metrics[self.metric_budget.metric]
+        if not self.metric_budget.holds(self.dense_value, self.dense_value):
+            raise BudgetError(
+                f"infeasible budgets: the dense model's {self.metric_budget.metric} is {self.dense_value:.4g}, "
+                f"already outside the metric budget {self.metric_budget}"
+            )
+        self.log(f"dense {self.metric_budget.metric}={self.dense_value:.4g}; measuring dense latency")
+        _, dense_latency = self.measure(dense_model, "dense")
+        macs, params = self.count(dense_model)
+        dense = StepRecord(0, 0.0, "dense", dense_metrics, dense_latency.to_dict(), macs, params, 0.0, "",
+                           time.perf_counter() - start)
+        self.steps.append(dense)
+        self.budget_ms = self.latency_budget.threshold_ms(dense_latency.median_ms)
+        self.metric_threshold = self.metric_budget.threshold(self.dense_value)
+        self.log(f"dense latency {dense_latency.median_ms:.4g} ms; budget {self.budget_ms:.4g} ms")
+
+        model, plan = dense_model, Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
+        dense.plan_digest = plan.digest()
+        best = dense
+        ratio, step = 0.0, self.settings.step
+        if dense_latency.median_ms <= self.budget_ms:
+            return "met", "the dense model already meets both budgets", model, plan, dense, best
+        while True:
+            if ratio >= self.settings.max_ratio - 1e-9:
+                return ("infeasible", f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
+                        f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms", model, plan, dense, best)
+            if step < self.settings.min_step:
+                return ("infeasible", f"the metric budget breaks before the latency budget holds: the best plan measures "
+                        f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
+                        f"{best.metrics[self.metric_budget.metric]:.4g}", model, plan, dense, best)
+            trial = min(self.settings.max_ratio, ratio + step)
+            t0 = time.perf_counter()
+            candidate, candidate_plan = self.propose(model, plan, trial)
+            if candidate_plan == plan:  # the granule swallowed this increment
+                ratio = trial
+                continue
+            if self.settings.finetune_steps:
+                torch.manual_seed(self.settings.seed)
+                self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
+                candidate.eval()
+            metrics = self.evaluate(candidate)
+            value = metrics[self.metric_budget.metric]
+            record = StepRecord(len(self.steps), trial, "accepted", metrics,
+                                channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest())
+            if not self.metric_budget.holds(value, self.dense_value):
+                record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
+                record.seconds = time.perf_counter() - t0
+                self.steps.append(record)
+                self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
+                step /= 2
+                continue
+            _, latency = self.measure(candidate, f"step{record.index}")
+            record.latency = latency.to_dict()
+            record.macs, record.params = self.count(candidate)
+            record.seconds = time.perf_counter() - t0
+            self.steps.append(record)
+            self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
+                     f"{latency.median_ms:.4g} ms")
+            model, plan, ratio, best = candidate, candidate_plan, trial, record
+            if latency.median_ms <= self.budget_ms:
+                return "met", "both budgets hold", model, plan, dense, best
+
+
+def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None) -> TuneResult:
+    """Run the loop for ``settings`` and publish the bundle to ``out`` (atomically).
+
+    An identical finished run already in ``out`` is returned as it is; a different one is an error.
+    """
+    target = load_target(settings.target)
+    key = run_key(settings, target)
+    previous = existing_run(out, key)
+    if previous is not None:
+        log(f"{out} already holds this run; nothing to do")
+        return TuneResult(previous["status"], previous["reason"], out, previous)  # type: ignore[arg-type]
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "work").mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        loop = _Loop(settings, staging / "work", log)
+        status, reason, model, plan, dense, final = loop.run()
+        manifest = _write_bundle(loop, staging, key, status, reason, model, plan, dense, final,
+                                 time.perf_counter() - started)
+        shutil.rmtree(staging / "work")
+        if out.exists():
+            out.rmdir()  # existing_run allowed only an empty folder
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TuneResult(status, reason, out, manifest, loop.steps)  # type: ignore[arg-type]
+
+
+def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str, model: nn.Module, plan: Plan,
+                  dense: StepRecord, final: StepRecord, wall_s: float) -> dict[str, object]:
+    """Plan, weights, ONNX, profiles, steps, manifest and report of a finished loop, written into ``folder``."""
+    from edgeprune.report import write_report
+
+    loop.log("writing the bundle: ONNX export, profiles, report")
+    plan.save(folder / "plan.json")
+    torch.save(model.state_dict(), folder / "weights.pt")
+    onnx_path = export_onnx(model, loop.inputs, folder / "model.onnx")
+    max_err = check_export(model, loop.inputs, onnx_path, loop.runtime)
+    components = ComponentGraph(copy.deepcopy(model), loop.inputs, **loop.graph_args).components
+    provenance = {"target": loop.target.name, "runtime": loop.runtime.name, **loop.runtime.versions(),
+                  "device": loop.target.device, "precision": loop.target.precision, "task": loop.task.name,
+                  "input_shapes": [list(t.shape) for t in loop.inputs]}
+    for name, path, weights in (("profile-dense", loop.work / "dense.onnx", loop.dense_hash),
+                                ("profile", onnx_path, state_dict_hash(model))):
+        frame = loop.runtime.profile(path, to_numpy(loop.inputs))
+        save_profile(attribute(frame, path, components, {**provenance, "model_hash": weights}), folder / f"{name}.csv")
+    metric = loop.metric_budget.metric
+    pruned_value = final.metrics[metric]
+    manifest: dict[str, object] = {
+        "format": "edgeprune.manifest/1",
+        "status": status,
+        "reason": reason,
+        "run_key": key,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_s": round(wall_s, 2),
+        "settings": loop.settings.model_dump(),
+        "task": {"name": loop.task.name, "spec": loop.settings.task, "metric": metric,
+                 "dense_weights_sha256": loop.dense_hash},
+        "target": {**loop.target.model_dump(), "digest": loop.target.digest()},
+        "versions": versions(loop.runtime),
+        "budgets": {
+            "latency": {"expression": str(loop.latency_budget), "threshold_ms": loop.budget_ms,
+                        "holds": final.latency_ms <= loop.budget_ms},
+            "metric": {"expression": str(loop.metric_budget), "threshold": loop.metric_threshold,
+                       "holds": loop.metric_budget.holds(pruned_value, loop.dense_value)},
+        },
+        "dense": asdict(dense),
+        "pruned": {**asdict(final), "onnx_max_abs_error": max_err,
+                   "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
+        "steps": [asdict(s) for s in loop.steps],
+        "measurements": sum(1 for s in loop.steps if s.latency is not None),
+    }
+    write_report(folder, manifest)
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def load_pruned(run_dir: Path) -> tuple[Task, nn.Module]:
+    """Rebuild a run's pruned model: dense task model, plan replayed, weights loaded (no pickled modules)."""
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    task = load_task(manifest["settings"]["task"])
+    target = Target.model_validate({k: v for k, v in manifest["target"].items() if k != "digest"})
+    model = task.build()
+    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), components=task.components,
+                                           output_layers=task.output_layers)
+    model.load_state_dict(torch.load(run_dir / "weights.pt", weights_only=True))
+    return task, model.eval()

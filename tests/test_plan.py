@@ -1,0 +1,67 @@
+"""Dependency groups by component, and plans that replay bit-for-bit on a fresh model."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeprune.graph import ComponentGraph, GraphError
+from edgeprune.plan import Plan, PlanError
+
+OUT = ("decoder.3",)
+
+
+def test_groups_are_classified_by_component(two_part, image) -> None:
+    graph = ComponentGraph(two_part, image, output_layers=OUT)
+    assert graph.components == {"encoder": ["encoder"], "decoder": ["decoder"]}
+    kinds = {key: (g.kind, g.producers, g.consumers, g.width) for key, g in graph.groups.items()}
+    assert kinds == {
+        "encoder.0": ("intra", ("encoder",), ("encoder",), 32),
+        "encoder.3": ("intra", ("encoder",), ("encoder",), 64),
+        "encoder.5": ("flow", ("encoder",), ("decoder",), 16),
+        "decoder.1": ("intra", ("decoder",), ("decoder",), 48),
+    }
+    assert "encoder.1" in graph.groups["encoder.0"].modules  # the BatchNorm goes with its conv
+
+
+def test_unknown_output_layer_is_an_error(two_part, image) -> None:
+    with pytest.raises(GraphError, match="output layers not in the model: decoder.9"):
+        ComponentGraph(two_part, image, output_layers=("decoder.9",))
+
+
+def _prune_twice(model, image) -> tuple[torch.nn.Module, Plan]:
+    """Two rounds of pruning on one object, as the tune loop does, tracking dense indices in a plan."""
+    plan = Plan.dense("t", ComponentGraph(copy.deepcopy(model), image, output_layers=OUT))
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        graph = ComponentGraph(model, image, output_layers=OUT)
+        for key in ("encoder.0", "encoder.3", "decoder.1"):
+            width = graph.groups[key].width
+            keep = sorted(torch.randperm(width, generator=gen)[: width * 3 // 4].tolist())
+            graph.prune(key, [i for i in range(width) if i not in keep])
+            plan = plan.narrow(key, keep)
+    return model, plan
+
+
+def test_plan_replays_bit_for_bit(tmp_path: Path, two_part, image) -> None:
+    dense = copy.deepcopy(two_part)
+    pruned, plan = _prune_twice(two_part, image)
+    assert plan.kept("encoder.3") == 36 and plan.kept("encoder.5") == 16  # 64 -> 48 -> 36; the flow group untouched
+    plan.save(tmp_path / "plan.json")
+    replayed = Plan.load(tmp_path / "plan.json").apply(dense, image, output_layers=OUT)
+    a, b = pruned.state_dict(), replayed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(pruned(*image), replayed(*image))
+    assert plan.channel_sparsity() == pytest.approx(1 - (32 * 9 // 16 + 36 + 16 + 48 * 9 // 16) / (32 + 64 + 16 + 48), abs=0.01)
+
+
+def test_plan_that_does_not_fit_is_an_error(tmp_path: Path, two_part, image) -> None:
+    _, plan = _prune_twice(copy.deepcopy(two_part), image)
+    wrong = plan.model_copy(update={"groups": {**plan.groups, "encoder.3": plan.groups["encoder.3"].model_copy(update={"width": 65})}})
+    with pytest.raises(PlanError, match="width 65, the model's has 64"):
+        wrong.apply(copy.deepcopy(two_part), image, output_layers=OUT)
+    (tmp_path / "bad.json").write_text('{"format": "edgeprune.plan/1", "task": "t", "groups": {"a": {"width": 4, "keep": [3, 1]}}}')
+    with pytest.raises(PlanError, match="cannot read plan"):
+        Plan.load(tmp_path / "bad.json")

@@ -1,0 +1,70 @@
+"""ONNX export check and the ONNX Runtime runtime, measured for real on this CPU."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgeprune.export import ExportMismatch, check_export, export_onnx, to_numpy
+from edgeprune.profiling import attribute, load_profile, node_modules, save_profile
+from edgeprune.runtimes import get_runtime
+
+
+def test_export_matches_torch(tmp_path: Path, two_part, image, fast_target) -> None:
+    for dynamo in (True, False):
+        path = export_onnx(two_part, image, tmp_path / f"m{dynamo}.onnx", dynamo=dynamo)
+        assert check_export(two_part, image, path, get_runtime(fast_target)) < 1e-4
+
+
+def test_export_mismatch_is_detected(tmp_path: Path, two_part, image, fast_target) -> None:
+    path = export_onnx(two_part, image, tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    weight = next(w for w in model.graph.initializer if w.name == "decoder.1.weight")  # the ConvTranspose
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.05, weight.name))
+    onnx.save(model, str(path))
+    with pytest.raises(ExportMismatch, match="output 0: ONNX differs from PyTorch by up to"):
+        check_export(two_part, image, path, get_runtime(fast_target))
+
+
+def test_latency_is_positive_and_repeatable(tmp_path: Path, two_part, image, fast_target) -> None:
+    """Two independent measurements agree within 25 % (medians of repetitions; each repetition a fresh session)."""
+    runtime = get_runtime(fast_target)
+    path = export_onnx(two_part, image, tmp_path / "m.onnx")
+    first, second = (runtime.latency(path, to_numpy(image)) for _ in range(2))
+    assert len(first.repeats_ms) == fast_target.measure.repeats
+    assert 0 < first.p10_ms <= first.median_ms * 1.5 and first.median_ms <= first.p90_ms * 1.5
+    assert abs(first.median_ms - second.median_ms) / min(first.median_ms, second.median_ms) < 0.25
+
+
+def test_profile_attributes_nodes_to_modules(tmp_path: Path, two_part, image, fast_target) -> None:
+    runtime = get_runtime(fast_target)
+    path = export_onnx(two_part, image, tmp_path / "m.onnx")
+    nodes = runtime.profile(path, to_numpy(image))
+    assert set(nodes.columns) >= {"layer", "op_type", "time_ms"} and (nodes["time_ms"] > 0).all()
+    frame = attribute(nodes, path, {"encoder": ["encoder"], "decoder": ["decoder"]}, {"target": "cpu"})
+    convs = frame[frame["op_type"].str.contains("Conv")]
+    assert set(convs["module"]) == {"encoder.0", "encoder.3", "encoder.5", "decoder.1", "decoder.3"}
+    assert set(convs["component"]) == {"encoder", "decoder"}
+    assert frame["share"].sum() == pytest.approx(1.0)
+    # the profile is a real measurement: its node times add up to no more than end-to-end latency (plus noise)
+    assert frame["time_ms"].sum() < runtime.latency(path, to_numpy(image)).median_ms * 1.3
+    save_profile(frame, tmp_path / "p.csv")
+    again = load_profile(tmp_path / "p.csv")
+    assert again.attrs["target"] == "cpu" and np.allclose(again["time_ms"], frame["time_ms"])
+
+
+def test_module_paths_from_both_exporters(tmp_path: Path, two_part, image) -> None:
+    dynamo = node_modules(export_onnx(two_part, image, tmp_path / "d.onnx", dynamo=True))
+    script = node_modules(export_onnx(two_part, image, tmp_path / "s.onnx", dynamo=False))
+    for mapping in (dynamo, script):
+        assert {"encoder.0", "encoder.3", "encoder.5", "decoder.1", "decoder.3"} <= set(mapping.values())
+
+
+def test_conv_with_folded_batch_norm_is_attributed_to_the_conv(tmp_path: Path, two_part, image) -> None:
+    """The dynamo exporter folds encoder.1 (BatchNorm) into encoder.0 and scopes the node as the BN's."""
+    modules = node_modules(export_onnx(two_part, image, tmp_path / "d.onnx"))
+    assert "encoder.1" not in modules.values()
+    assert sum(m == "encoder.0" for m in modules.values()) == 1
