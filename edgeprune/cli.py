@@ -55,7 +55,8 @@ def tune(
                                 finetune_steps=finetune_steps, step=step, seed=seed)
     except ValidationError as exc:
         first = exc.errors()[0]
-        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        option = {"metric_budget": "metric"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
+        fail(f"--{option}: {first['msg'].removeprefix('Value error, ')}")
     folder = out or Path("runs") / Path(task.split(":")[-1]).name
     try:
         with console.status("starting", spinner="dots") as status:

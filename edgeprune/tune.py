@@ -26,7 +26,7 @@ from typing import Literal
 import onnx
 import torch
 import torch_pruning as tp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 import edgeprune
@@ -60,6 +60,19 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
+
+    @field_validator("latency_budget")
+    @classmethod
+    def _latency(cls, text: str) -> str:
+        LatencyBudget.parse(text)
+        return text
+
+    @field_validator("metric_budget")
+    @classmethod
+    def _metric(cls, text: str | None) -> str | None:
+        if text is not None:
+            MetricBudget.parse(text)
+        return text
 
 
 @dataclass

@@ -1,0 +1,71 @@
+"""Bad inputs: each gives one clear line on stderr, a non-zero exit, and leaves nothing behind."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def assert_clean_failure(result, out: Path, message: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not out.exists(), "an output folder was left behind"
+    assert not list(out.parent.glob(f".{out.name}*")), "a staging folder was left behind"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "no-such-task"], "task 'no-such-task' is neither a built-in name"),
+        (["--task", "missing/file.py:make"], "task file 'missing/file.py' does not exist"),
+        (["--target", "jetson-mars"], "unknown target 'jetson-mars'"),
+        (["--metric", "psnr=>27"], "--metric: cannot parse metric budget 'psnr=>27'"),
+        (["--latency-budget", "fast"], "--latency-budget: cannot parse latency budget 'fast'"),
+        (["--metric", "ssim>=0.9"], "metric 'ssim' is not reported by the task"),
+        (["--metric", "psnr>=99"], "infeasible budgets: the dense model's psnr is"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, args: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    assert_clean_failure(run("tune", "--out", str(out), *args), out, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("name = 'x'\nruntime = 'onnxruntime'\nthreads = 4\n", "threads: Extra inputs are not permitted"),
+     ("name = 'x\n", "malformed TOML")],
+)
+def test_malformed_target_file(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    out = tmp_path / "run"
+    assert_clean_failure(run("tune", "--target", str(tmp_path / "bad.toml"), "--out", str(out)), out, message)
+
+
+def test_user_task_file_with_a_broken_factory(tmp_path: Path) -> None:
+    (tmp_path / "mine.py").write_text("def make():\n    return 42\n")
+    out = tmp_path / "run"
+    result = run("tune", "--task", f"{tmp_path / 'mine.py'}:make", "--out", str(out))
+    assert_clean_failure(result, out, "returned int, not edgeprune.task.Task")
+
+
+def test_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run("tune", "--out", str(out))
+    assert result.exit_code == 2 and "is not empty and holds no edgeprune run" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_tasks_and_targets_are_listed() -> None:
+    tasks = run("tasks")
+    assert tasks.exit_code == 0 and "digits-autoencoder" in tasks.stdout and "pendulum-agent" in tasks.stdout
+    targets = run("targets")
+    assert targets.exit_code == 0 and "onnxruntime" in targets.stdout

@@ -1,0 +1,118 @@
+"""The tune loop end to end on the real digits autoencoder, measured with ONNX Runtime on this CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeprune.cli import INFEASIBLE_EXIT, app
+from edgeprune.export import sha256_file, to_numpy
+from edgeprune.plan import Plan
+from edgeprune.runtimes import get_runtime
+from edgeprune.targets import load_target
+from edgeprune.task import load_task
+from edgeprune.tune import RunFolderError, TuneSettings, load_pruned, tune
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def quick_target(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shipped CPU target with fewer timed runs (same runtime settings), as a target file of its own."""
+    text = Path("targets/cpu.toml").read_text().replace("runs = 300", "runs = 150").replace("repeats = 5", "repeats = 3")
+    path = tmp_path_factory.mktemp("targets") / "cpu-quick.toml"
+    path.write_text(text.replace('name = "cpu"', 'name = "cpu-quick"'))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def met_run(tmp_path_factory: pytest.TempPathFactory, quick_target: str) -> tuple[TuneSettings, Path, object]:
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x", finetune_steps=60)
+    out = tmp_path_factory.mktemp("runs") / "met"
+    return settings, out, tune(settings, out)
+
+
+def test_loop_stops_when_both_budgets_hold(met_run) -> None:
+    _, out, result = met_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert result.status == manifest["status"] == "met"
+    budgets, pruned, dense = manifest["budgets"], manifest["pruned"], manifest["dense"]
+    assert budgets["latency"]["holds"] and budgets["metric"]["holds"]
+    assert pruned["latency"]["median_ms"] <= budgets["latency"]["threshold_ms"]
+    assert budgets["latency"]["threshold_ms"] == pytest.approx(0.6 * dense["latency"]["median_ms"])
+    assert pruned["metrics"]["psnr"] >= budgets["metric"]["threshold"]
+    accepted = [s for s in manifest["steps"] if s["status"] == "accepted"]
+    # it stops at the first accepted step that meets the latency budget, not later
+    assert accepted[-1]["index"] == manifest["steps"][-1]["index"] == pruned["index"]
+    assert all(s["latency"]["median_ms"] > budgets["latency"]["threshold_ms"] for s in accepted[:-1])
+    assert pruned["macs"] < dense["macs"] and pruned["params"] < dense["params"]
+
+
+def test_bundle_is_complete_and_hashed(met_run) -> None:
+    _, out, _ = met_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected = {"plan.json", "weights.pt", "model.onnx", "profile.csv", "profile.json", "profile-dense.csv",
+                "profile-dense.json", "report.md"}
+    assert set(manifest["files"]) == expected
+    assert {p.name for p in out.iterdir()} == expected | {"manifest.json"}
+    assert all(sha256_file(out / name) == digest for name, digest in manifest["files"].items())
+    assert {"torch", "torch_pruning", "onnx", "onnxruntime", "edgeprune"} <= set(manifest["versions"])
+    assert not list(out.parent.glob(".met*")), "staging folder left behind"
+    report = (out / "report.md").read_text()
+    for heading in ("## Budgets", "## Dense vs pruned", "## Steps", "## Latency by component", "## Groups"):
+        assert heading in report
+    assert f"{manifest['pruned']['metrics']['psnr']:.4g}" in report
+
+
+def test_pruned_model_reloads_without_pickle_and_matches_onnx(met_run) -> None:
+    settings, out, _ = met_run
+    task, model = load_pruned(out)
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert task.evaluate(model)["psnr"] == pytest.approx(json.loads((out / "manifest.json").read_text())["pruned"]["metrics"]["psnr"])
+    inputs = task.example_inputs()
+    with torch.no_grad():
+        expected = model(*inputs).numpy()
+    got = get_runtime(load_target(settings.target)).run(out / "model.onnx", to_numpy(inputs))[0]
+    assert abs(got - expected).max() < 1e-4
+
+
+def test_same_run_again_is_a_no_op_and_a_different_run_is_refused(met_run) -> None:
+    settings, out, _ = met_run
+    before = (out / "manifest.json").read_text()
+    again = tune(settings, out)
+    assert again.status == "met" and (out / "manifest.json").read_text() == before
+    with pytest.raises(RunFolderError, match="already holds a different run"):
+        tune(settings.model_copy(update={"latency_budget": "0.7x"}), out)
+    result = CliRunner().invoke(app, ["tune", "--out", str(out), "--latency-budget", "0.7x"])
+    assert result.exit_code == 2 and "already holds a different run" in result.stderr
+    assert (out / "manifest.json").read_text() == before
+
+
+def test_rolled_back_steps_never_land_and_infeasible_budgets_say_why(tmp_path: Path, quick_target: str) -> None:
+    """A metric budget just below dense forces rollbacks; a latency budget that far cannot then hold."""
+    task = load_task("digits-autoencoder")
+    dense_psnr = task.evaluate(task.build())["psnr"]
+    out = tmp_path / "tight"
+    result = CliRunner().invoke(app, ["tune", "--target", quick_target, "--out", str(out), "--latency-budget", "0.2x",
+                                      "--metric", f"psnr>={dense_psnr - 0.5:.3f}", "--finetune-steps", "0",
+                                      "--step", "0.3"])
+    assert result.exit_code == INFEASIBLE_EXIT, result.output
+    assert result.stderr.startswith("error: budgets cannot both hold:") and len(result.stderr.strip().splitlines()) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "infeasible" and not manifest["budgets"]["latency"]["holds"]
+    steps = manifest["steps"]
+    rolled_back = [s for s in steps if s["status"] == "rolled-back"]
+    assert rolled_back and all(s["metrics"]["psnr"] < dense_psnr - 0.5 for s in rolled_back)
+    plan = Plan.load(out / "plan.json")
+    assert plan.digest() == manifest["pruned"]["plan_digest"]
+    assert plan.digest() not in {s["plan_digest"] for s in rolled_back}
+    assert manifest["pruned"]["status"] in ("accepted", "dense")
+    # without fine-tuning the saved weights are exactly the plan replayed on the dense checkpoint
+    replayed = plan.apply(task.build(), task.example_inputs(), output_layers=task.output_layers)
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    assert all(torch.equal(v, weights[k]) for k, v in replayed.state_dict().items())
