@@ -9,7 +9,9 @@ consumers those whose input channels it removes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
+import warnings
 from typing import Literal
 
 import torch
@@ -28,6 +30,7 @@ class GroupInfo:
     key: str
     width: int
     modules: tuple[str, ...]
+    out_modules: tuple[str, ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
 
@@ -64,17 +67,39 @@ class ComponentGraph:
         self.components = {k: list(v) for k, v in (components or default_components(model)).items()}
         self.output_layers = tuple(output_layers)
         try:
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         except Exception as exc:  # torch tracing errors come in many types
             raise GraphError(f"cannot trace the model into dependency groups: {type(exc).__name__}: {exc}") from exc
+        #: Torch-Pruning's own warnings (e.g. parameters outside any known layer, pruned along a guessed dimension)
+        self.notes = [" ".join(str(w.message).split()) for w in caught if "torch_pruning" in w.filename]
         self.groups: dict[str, GroupInfo] = {}
         for group in self.dg.get_all_groups(ignored_layers=[by_name[n] for n in output_layers]):
             info = self._describe(group)
             self.groups[info.key] = info
+        self.skipped = self._skipped(by_name)
+
+    def _skipped(self, by_name: dict[str, nn.Module]) -> dict[str, str]:
+        """Layers whose channels no group prunes, with the reason — Torch-Pruning skips these silently."""
+        covered = {m for g in self.groups.values() for m in g.out_modules}
+        skipped: dict[str, str] = {}
+        for name, module in by_name.items():
+            has_weights = any(True for _ in module.parameters(recurse=False))
+            if not has_weights or name in covered:
+                continue
+            if name in self.output_layers:
+                skipped[name] = "output layer: its width is the model's interface"
+            elif self.dg.get_pruner_of_module(module) is None:
+                skipped[name] = f"layer type {type(module).__name__} is unknown to Torch-Pruning"
+            elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                skipped[name] = "its group couples an output layer"
+        return skipped
 
     def _describe(self, group: tp.dependency.Group) -> GroupInfo:
         root = group[0].dep.target.module
         modules: list[str] = []
+        out_modules: list[str] = []
         producers: set[str] = set()
         consumers: set[str] = set()
         for item in group.items:
@@ -84,12 +109,15 @@ class ComponentGraph:
             modules.append(name)
             component = component_of(name, self.components)
             is_out = getattr(item.dep.handler, "__name__", "") == "prune_out_channels"
+            if is_out:
+                out_modules.append(name)
             if isinstance(item.dep.target.module, (nn.Linear, nn.modules.conv._ConvNd)):
                 (producers if is_out else consumers).add(component)
         return GroupInfo(
             key=self.names[root],
             width=self.dg.get_out_channels(root),
             modules=tuple(dict.fromkeys(modules)),
+            out_modules=tuple(dict.fromkeys(out_modules)),
             producers=tuple(sorted(producers)),
             consumers=tuple(sorted(consumers)),
         )
@@ -117,4 +145,4 @@ class ComponentGraph:
             raise GraphError(f"group {key!r}: cannot remove positions {sorted(remove)[:5]}… of {width} channels")
         self._group(key, sorted(remove)).prune()
         info = self.groups[key]
-        self.groups[key] = GroupInfo(info.key, width - len(set(remove)), info.modules, info.producers, info.consumers)
+        self.groups[key] = dataclasses.replace(info, width=width - len(set(remove)))

@@ -46,6 +46,16 @@ def _component_shares(dense: pd.DataFrame, pruned: pd.DataFrame) -> str:
     return _table(["component", "dense ms", "pruned ms", "pruned / dense"], rows)
 
 
+def _not_pruned(graph: dict) -> list[str]:
+    """Layers no group prunes, and Torch-Pruning's own warnings: never left silent."""
+    parts = []
+    if graph["not_pruned"]:
+        parts += ["### Layers no group prunes", _table(["layer", "why"], [[k, v] for k, v in graph["not_pruned"].items()])]
+    if graph["torch_pruning_notes"]:
+        parts += ["### Torch-Pruning warnings", "\n".join(f"- {n}" for n in graph["torch_pruning_notes"])]
+    return parts
+
+
 def write_report(folder: Path, manifest: dict) -> Path:
     """Write ``report.md`` into a run folder (reads plan.json and the profiles beside it)."""
     budgets, metric = manifest["budgets"], manifest["task"]["metric"]
@@ -81,6 +91,7 @@ def write_report(folder: Path, manifest: dict) -> Path:
             [k, g["kind"], ", ".join(g["components"]), g["width"], len(g["keep"])] for k, g in plan["groups"].items()
         ]),
         "Flow groups cross a component boundary (an interface) and are protected: they keep their width.",
+        *_not_pruned(manifest["graph"]),
         "## Provenance",
         _table(["", ""], [[k, v] for k, v in manifest["versions"].items()]
                + [["target", f"{target['name']} (runtime {target['runtime']}, device {target['device']}, "

@@ -318,7 +318,8 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str,
     torch.save(model.state_dict(), folder / "weights.pt")
     onnx_path = export_onnx(model, loop.inputs, folder / "model.onnx")
     max_err = check_export(model, loop.inputs, onnx_path, loop.runtime)
-    components = ComponentGraph(copy.deepcopy(model), loop.inputs, **loop.graph_args).components
+    graph = ComponentGraph(copy.deepcopy(model), loop.inputs, **loop.graph_args)
+    components = graph.components
     provenance = {"target": loop.target.name, "runtime": loop.runtime.name, **loop.runtime.versions(),
                   "device": loop.target.device, "precision": loop.target.precision, "task": loop.task.name,
                   "input_shapes": [list(t.shape) for t in loop.inputs]}
@@ -349,6 +350,7 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str,
         "dense": asdict(dense),
         "pruned": {**asdict(final), "onnx_max_abs_error": max_err,
                    "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
+        "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},
         "steps": [asdict(s) for s in loop.steps],
         "measurements": sum(1 for s in loop.steps if s.latency is not None),
     }

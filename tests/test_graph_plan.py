@@ -65,3 +65,20 @@ def test_plan_that_does_not_fit_is_an_error(tmp_path: Path, two_part, image) -> 
     (tmp_path / "bad.json").write_text('{"format": "edgeprune.plan/1", "task": "t", "groups": {"a": {"width": 4, "keep": [3, 1]}}}')
     with pytest.raises(PlanError, match="cannot read plan"):
         Plan.load(tmp_path / "bad.json")
+
+
+def test_silent_torch_pruning_fallbacks_are_reported(image) -> None:
+    class Scale(torch.nn.Module):
+        """A bare learnable parameter: Torch-Pruning guesses which dimension to prune."""
+
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(1, channels, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.gain
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), Scale(16), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 3)).eval()
+    graph = ComponentGraph(model, image, output_layers=("3",))
+    assert graph.skipped == {"3": "output layer: its width is the model's interface"}
+    assert any("Unwrapped parameters detected: ['1.gain']" in note for note in graph.notes)
