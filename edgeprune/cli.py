@@ -81,6 +81,38 @@ def tune(
 
 
 @app.command()
+def graph(
+    task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
+    picture: Annotated[Optional[Path], typer.Option(help="write the component graph here (PNG)")] = None,
+) -> None:
+    """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
+    from edgeprune.figures import component_graph_figure
+    from edgeprune.graph import ComponentGraph
+
+    try:
+        t = load_task(task)
+        g = ComponentGraph(t.build(), t.example_inputs(), t.components, t.output_layers)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    comp = Table("component", "module prefixes", "intra groups", "flow groups", title=f"{t.name}: components")
+    for name, prefixes in g.components.items():
+        comp.add_row(name, ", ".join(prefixes), str(sum(x.components == (name,) for x in g.groups.values())),
+                     str(sum(x.kind == "flow" and name in x.components for x in g.groups.values())))
+    console.print(comp)
+    groups = Table("group (root)", "channels", "layers", "class", "producers → consumers", "policy", title="groups")
+    for x in g.groups.values():
+        groups.add_row(x.key, str(x.width), str(len(x.modules)), x.kind,
+                       f"{', '.join(x.producers)} → {', '.join(x.consumers)}", "protect" if x.kind == "flow" else "prune")
+    console.print(groups)
+    for name, why in g.skipped.items():
+        console.print(f"not pruned: {name}: {why}", highlight=False)
+    for note in g.notes:
+        console.print(f"torch-pruning: {note}", highlight=False)
+    path = component_graph_figure(g, picture or Path(f"{t.name}-graph.png"), title=f"{t.name}: components and flows")
+    console.print(f"component graph written to {path}", highlight=False)
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks."""
     table = Table("task", "metric", "default budget", "description")
