@@ -34,6 +34,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def parse_components(specs: list[str]) -> dict[str, list[str]]:
+    """``["encoder=enc,proj", "decoder=dec"]`` -> ``{"encoder": ["enc", "proj"], "decoder": ["dec"]}``."""
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, prefixes = spec.partition("=")
+        if not sep or not name.strip() or not prefixes.strip():
+            fail(f"--components {spec!r}: write NAME=PREFIX[,PREFIX...]")
+        out[name.strip()] = [p.strip() for p in prefixes.split(",") if p.strip()]
+    return out
+
+
 @app.command()
 def tune(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
@@ -44,6 +55,9 @@ def tune(
     finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning")] = 0,
+    flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
+    components: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
     from edgeprune.report import comparison_rows
@@ -52,7 +66,8 @@ def tune(
 
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
-                                finetune_steps=finetune_steps, step=step, seed=seed)
+                                finetune_steps=finetune_steps, step=step, seed=seed, flow_policy=flow_policy,
+                                components=parse_components(components) if components else None)
     except ValidationError as exc:
         first = exc.errors()[0]
         option = {"metric_budget": "metric"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")

@@ -65,6 +65,10 @@ class ComponentGraph:
         if unknown:
             raise GraphError(f"output layers not in the model: {', '.join(unknown)}")
         self.components = {k: list(v) for k, v in (components or default_components(model)).items()}
+        for component, prefixes in self.components.items():
+            for prefix in prefixes:
+                if not any(n == prefix or n.startswith(prefix + ".") for n in by_name):
+                    raise GraphError(f"component {component!r}: no module of the model is named {prefix!r} or below it")
         self.output_layers = tuple(output_layers)
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -122,6 +126,10 @@ class ComponentGraph:
             consumers=tuple(sorted(consumers)),
         )
 
+    def pruning_group(self, key: str) -> tp.dependency.Group:
+        """The Torch-Pruning group of ``key`` with every channel, for scoring."""
+        return self._group(key, range(self.groups[key].width))
+
     def _group(self, key: str, idxs: Sequence[int]) -> tp.dependency.Group:
         module = dict(self.model.named_modules()).get(key)
         if module is None:
@@ -130,8 +138,7 @@ class ComponentGraph:
 
     def importance(self, key: str) -> torch.Tensor:
         """Per-channel L2 magnitude importance of a group, summed over every layer it couples."""
-        group = self._group(key, range(self.groups[key].width))
-        scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
+        scores = tp.importance.GroupMagnitudeImportance(p=2)(self.pruning_group(key))
         if scores is None:
             raise GraphError(f"group {key!r} has no layer with weights to score")
         return scores.detach()

@@ -10,6 +10,14 @@ import pandas as pd
 from edgeprune.profiling import load_profile
 
 
+FLOW_POLICIES = {
+    "protect": "Flow policy `protect`: they keep their width.",
+    "joint": "Flow policy `joint`: they are pruned consistently in every component, on the minimum of each "
+             "component's normalised importance.",
+    "owner": "Flow policy `owner`: they are pruned in every component, on the producing component's importance.",
+}
+
+
 def _fmt_latency(latency: dict | None) -> str:
     if not latency:
         return "not measured"
@@ -90,7 +98,7 @@ def write_report(folder: Path, manifest: dict) -> Path:
         _table(["group (root)", "class", "components", "dense width", "kept"], [
             [k, g["kind"], ", ".join(g["components"]), g["width"], len(g["keep"])] for k, g in plan["groups"].items()
         ]),
-        "Flow groups cross a component boundary (an interface) and are protected: they keep their width.",
+        "Flow groups cross a component boundary (an interface). " + FLOW_POLICIES[manifest["settings"]["flow_policy"]],
         *_not_pruned(manifest["graph"]),
         "## Provenance",
         _table(["", ""], [[k, v] for k, v in manifest["versions"].items()]

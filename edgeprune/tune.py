@@ -33,6 +33,7 @@ import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
 from edgeprune.export import check_export, export_onnx, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
+from edgeprune.importance import combine, component_importance
 from edgeprune.plan import Plan
 from edgeprune.profiling import attribute, save_profile
 from edgeprune.runtimes import Latency, Runtime, get_runtime
@@ -60,6 +61,10 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
+    flow_policy: Literal["protect", "joint", "owner"] = Field(
+        "protect", description="inter-component groups: keep width, prune on every component's importance (min), "
+                               "or on the producing component's")
+    components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
 
     @field_validator("latency_budget")
     @classmethod
@@ -176,7 +181,8 @@ class _Loop:
         if settings.finetune_steps and self.task.finetune is None:
             raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0")
         self.inputs = target_inputs(self.task, self.target)
-        self.graph_args = {"components": self.task.components, "output_layers": self.task.output_layers}
+        self.graph_args = {"components": settings.components or self.task.components,
+                           "output_layers": self.task.output_layers}
         self.steps: list[StepRecord] = []
 
     # -- one measurement -------------------------------------------------------------------------------------
@@ -192,17 +198,30 @@ class _Loop:
         macs, params = tp.utils.count_ops_and_params(model, self.inputs)
         return int(macs), int(params)
 
+    def scores(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        """Channel importance of a group; a flow group's follows the flow policy."""
+        info = graph.groups[key]
+        if info.kind == "intra":
+            return graph.importance(key)
+        per_component = component_importance(graph, key)
+        if self.settings.flow_policy == "owner":
+            per_component = {c: v for c, v in per_component.items() if c in info.producers} or per_component
+        return combine(per_component, "min")
+
     def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
-        """Prune a copy of ``model`` so every intra group keeps ``keep_count(dense width, ratio)`` channels."""
+        """Prune a copy of ``model`` so every prunable group keeps ``keep_count(dense width, ratio)`` channels.
+
+        Under the ``protect`` flow policy, flow groups (interfaces between components) keep their width.
+        """
         model = copy.deepcopy(model)
         graph = ComponentGraph(model, self.inputs, **self.graph_args)
         for key, info in graph.groups.items():
-            if info.kind != "intra":
-                continue  # flow groups are interfaces between components: protected
+            if info.kind == "flow" and self.settings.flow_policy == "protect":
+                continue
             keep = keep_count(plan.groups[key].width, ratio, self.target.granule)
             if keep >= info.width:
                 continue
-            positions = sorted(torch.topk(graph.importance(key), keep).indices.tolist())
+            positions = sorted(torch.topk(self.scores(graph, key), keep).indices.tolist())
             kept = set(positions)
             graph.prune(key, [i for i in range(info.width) if i not in kept])
             plan = plan.narrow(key, positions)
@@ -212,6 +231,7 @@ class _Loop:
     def run(self) -> tuple[str, str, nn.Module, Plan, StepRecord, StepRecord]:
         start = time.perf_counter()
         dense_model = self.task.build()
+        plan = Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
         self.dense_hash = state_dict_hash(dense_model)
         dense_metrics = self.evaluate(dense_model)
         self.metric_budget.check_metric(dense_metrics)
@@ -231,7 +251,7 @@ class _Loop:
         self.metric_threshold = self.metric_budget.threshold(self.dense_value)
         self.log(f"dense latency {dense_latency.median_ms:.4g} ms; budget {self.budget_ms:.4g} ms")
 
-        model, plan = dense_model, Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
+        model = dense_model
         dense.plan_digest = plan.digest()
         best = dense
         ratio, step = 0.0, self.settings.step
@@ -366,7 +386,8 @@ def load_pruned(run_dir: Path) -> tuple[Task, nn.Module]:
     task = load_task(manifest["settings"]["task"])
     target = Target.model_validate({k: v for k, v in manifest["target"].items() if k != "digest"})
     model = task.build()
-    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), components=task.components,
+    components = manifest["settings"].get("components") or task.components
+    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), components=components,
                                            output_layers=task.output_layers)
     model.load_state_dict(torch.load(run_dir / "weights.pt", weights_only=True))
     return task, model.eval()
