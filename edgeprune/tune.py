@@ -255,6 +255,7 @@ class _Loop:
         dense.plan_digest = plan.digest()
         best = dense
         ratio, step = 0.0, self.settings.step
+        rejected: set[str] = set()
         if dense_latency.median_ms <= self.budget_ms:
             return "met", "the dense model already meets both budgets", model, plan, dense, best
         while True:
@@ -271,6 +272,9 @@ class _Loop:
             if candidate_plan == plan:  # the granule swallowed this increment
                 ratio = trial
                 continue
+            if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
+                step /= 2
+                continue
             if self.settings.finetune_steps:
                 torch.manual_seed(self.settings.seed)
                 self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
@@ -283,6 +287,7 @@ class _Loop:
                 record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
                 record.seconds = time.perf_counter() - t0
                 self.steps.append(record)
+                rejected.add(record.plan_digest)
                 self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
                 step /= 2
                 continue
@@ -294,6 +299,7 @@ class _Loop:
             self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
                      f"{latency.median_ms:.4g} ms")
             model, plan, ratio, best = candidate, candidate_plan, trial, record
+            rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
             if latency.median_ms <= self.budget_ms:
                 return "met", "both budgets hold", model, plan, dense, best
 
