@@ -1,4 +1,8 @@
-"""The tune loop end to end on the real digits autoencoder, measured with ONNX Runtime on this CPU."""
+"""The tune loop end to end on the shipped tasks, measured with ONNX Runtime on this CPU.
+
+The run that meets its budgets prunes the pendulum agent (fine-tuning is cheap there); the run that cannot
+prunes the digits autoencoder without fine-tuning, whose PSNR collapses after a few channels per layer.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def quick_target(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def met_run(tmp_path_factory: pytest.TempPathFactory, quick_target: str) -> tuple[TuneSettings, Path, object]:
-    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x", finetune_steps=60)
+    settings = TuneSettings(task="pendulum-agent", target=quick_target, latency_budget="0.75x", finetune_steps=200)
     out = tmp_path_factory.mktemp("runs") / "met"
     return settings, out, tune(settings, out)
 
@@ -43,8 +47,9 @@ def test_loop_stops_when_both_budgets_hold(met_run) -> None:
     budgets, pruned, dense = manifest["budgets"], manifest["pruned"], manifest["dense"]
     assert budgets["latency"]["holds"] and budgets["metric"]["holds"]
     assert pruned["latency"]["median_ms"] <= budgets["latency"]["threshold_ms"]
-    assert budgets["latency"]["threshold_ms"] == pytest.approx(0.6 * dense["latency"]["median_ms"])
-    assert pruned["metrics"]["psnr"] >= budgets["metric"]["threshold"]
+    assert budgets["latency"]["threshold_ms"] == pytest.approx(0.75 * dense["latency"]["median_ms"])
+    assert budgets["metric"]["expression"] == "return>=-200"
+    assert pruned["metrics"]["return"] >= budgets["metric"]["threshold"] == -200
     accepted = [s for s in manifest["steps"] if s["status"] == "accepted"]
     # it stops at the first accepted step that meets the latency budget, not later
     assert accepted[-1]["index"] == manifest["steps"][-1]["index"] == pruned["index"]
@@ -65,20 +70,28 @@ def test_bundle_is_complete_and_hashed(met_run) -> None:
     report = (out / "report.md").read_text()
     for heading in ("## Budgets", "## Dense vs pruned", "## Steps", "## Latency by component", "## Groups"):
         assert heading in report
-    assert f"{manifest['pruned']['metrics']['psnr']:.4g}" in report
+    assert f"{manifest['pruned']['metrics']['return']:.4g}" in report
 
 
-def test_pruned_model_reloads_without_pickle_and_matches_onnx(met_run) -> None:
+def test_pruned_agent_keeps_its_interfaces_and_reloads_without_pickle(met_run) -> None:
     settings, out, _ = met_run
     task, model = load_pruned(out)
+    dense = task.build()
     weights = torch.load(out / "weights.pt", weights_only=True)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
-    assert task.evaluate(model)["psnr"] == pytest.approx(json.loads((out / "manifest.json").read_text())["pruned"]["metrics"]["psnr"])
+    # the latent (a flow group, protected) and every head's output keep their widths; hidden layers shrank
+    assert model.encoder[6].out_features == dense.encoder[6].out_features == 64
+    assert model.dynamics[0].in_features == 65 and model.dynamics[6].out_features == 64
+    assert all(getattr(model, head)[6].out_features == 1 for head in ("reward", "policy", "q1", "q2"))
+    assert model.encoder[0].out_features < dense.encoder[0].out_features
     inputs = task.example_inputs()
     with torch.no_grad():
         expected = model(*inputs).numpy()
+    assert expected.shape == dense(*inputs).shape == (64, 2)
     got = get_runtime(load_target(settings.target)).run(out / "model.onnx", to_numpy(inputs))[0]
-    assert abs(got - expected).max() < 1e-4
+    assert abs(got - expected).max() < 1e-4 * max(1.0, abs(expected).max())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert task.evaluate(model)["return"] == pytest.approx(manifest["pruned"]["metrics"]["return"])
 
 
 def test_same_run_again_is_a_no_op_and_a_different_run_is_refused(met_run) -> None:
