@@ -55,3 +55,18 @@ def combine(per_component: Mapping[str, torch.Tensor], how: Combine = "min",
         return stacked.min(dim=0).values
     w = torch.tensor([float((weights or {}).get(n, 1.0)) for n in names]).unsqueeze(1)
     return (stacked * w).sum(dim=0) / w.sum()
+
+
+FlowPolicy = Literal["protect", "joint", "owner"]
+
+
+def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joint") -> torch.Tensor:
+    """Channel importance of a group: plain magnitude inside a component; for a flow group, the minimum over
+    components of their normalised scores (``joint``) or the producing component's alone (``owner``)."""
+    info = graph.groups[key]
+    if info.kind == "intra":
+        return graph.importance(key)
+    per_component = component_importance(graph, key)
+    if flow_policy == "owner":
+        per_component = {c: v for c, v in per_component.items() if c in info.producers} or per_component
+    return combine(per_component, "min")

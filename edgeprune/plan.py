@@ -6,10 +6,10 @@ channel dimension is independent of the others'); Torch-Pruning's own history is
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from edgeprune.graph import ComponentGraph
+from edgeprune.importance import FlowPolicy, group_scores
 
 FORMAT = "edgeprune.plan/1"
 
@@ -102,10 +103,42 @@ class Plan(BaseModel):
         return model
 
 
-@dataclass
-class PlanState:
-    """A plan together with the model object it describes (pruned, possibly fine-tuned)."""
+def keep_count(width: int, ratio: float, granule: int) -> int:
+    """Channels to keep when removing ``ratio`` of ``width``: a multiple of the granule, at least one granule.
 
-    plan: Plan
-    model: nn.Module
-    notes: list[str] = field(default_factory=list)
+    Groups no wider than one granule are left alone: any cut would leave a partly filled SIMD/tensor-core block.
+    """
+    if width <= granule:
+        return width
+    kept = round(width * (1.0 - ratio) / granule) * granule
+    return int(min(width, max(granule, kept)))
+
+
+def prune_uniform(
+    model: nn.Module,
+    plan: Plan,
+    ratio: float,
+    example_inputs: tuple[torch.Tensor, ...],
+    granule: int,
+    flow_policy: FlowPolicy = "protect",
+    **graph_args: object,
+) -> tuple[nn.Module, Plan]:
+    """Prune a copy of ``model`` (described by ``plan``) so every prunable group keeps
+    ``keep_count(dense width, ratio, granule)`` channels, dropping the least important ones.
+
+    Under ``protect``, flow groups (interfaces between components) keep their width; under ``joint`` or
+    ``owner`` they are cut once, consistently in every component that touches them.
+    """
+    model = copy.deepcopy(model)
+    graph = ComponentGraph(model, example_inputs, **graph_args)  # type: ignore[arg-type]
+    for key, info in graph.groups.items():
+        if info.kind == "flow" and flow_policy == "protect":
+            continue
+        keep = keep_count(plan.groups[key].width, ratio, granule)
+        if keep >= info.width:
+            continue
+        positions = sorted(torch.topk(group_scores(graph, key, flow_policy), keep).indices.tolist())
+        kept = set(positions)
+        graph.prune(key, [i for i in range(info.width) if i not in kept])
+        plan = plan.narrow(key, positions)
+    return model, plan

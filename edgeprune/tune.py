@@ -33,8 +33,8 @@ import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
 from edgeprune.export import check_export, export_onnx, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
-from edgeprune.importance import combine, component_importance
-from edgeprune.plan import Plan
+from edgeprune.importance import FlowPolicy
+from edgeprune.plan import Plan, prune_uniform
 from edgeprune.profiling import attribute, save_profile
 from edgeprune.runtimes import Latency, Runtime, get_runtime
 from edgeprune.targets import Target, load_target
@@ -61,7 +61,7 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
-    flow_policy: Literal["protect", "joint", "owner"] = Field(
+    flow_policy: FlowPolicy = Field(
         "protect", description="inter-component groups: keep width, prune on every component's importance (min), "
                                "or on the producing component's")
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
@@ -108,17 +108,6 @@ class TuneResult:
     out: Path
     manifest: dict[str, object]
     steps: list[StepRecord] = field(default_factory=list)
-
-
-def keep_count(width: int, ratio: float, granule: int) -> int:
-    """Channels to keep when removing ``ratio`` of ``width``: a multiple of the granule, at least one granule.
-
-    Groups no wider than one granule are left alone: any cut would leave a partly filled SIMD/tensor-core block.
-    """
-    if width <= granule:
-        return width
-    kept = round(width * (1.0 - ratio) / granule) * granule
-    return int(min(width, max(granule, kept)))
 
 
 def target_inputs(task: Task, target: Target) -> tuple[torch.Tensor, ...]:
@@ -198,34 +187,9 @@ class _Loop:
         macs, params = tp.utils.count_ops_and_params(model, self.inputs)
         return int(macs), int(params)
 
-    def scores(self, graph: ComponentGraph, key: str) -> torch.Tensor:
-        """Channel importance of a group; a flow group's follows the flow policy."""
-        info = graph.groups[key]
-        if info.kind == "intra":
-            return graph.importance(key)
-        per_component = component_importance(graph, key)
-        if self.settings.flow_policy == "owner":
-            per_component = {c: v for c, v in per_component.items() if c in info.producers} or per_component
-        return combine(per_component, "min")
-
     def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
-        """Prune a copy of ``model`` so every prunable group keeps ``keep_count(dense width, ratio)`` channels.
-
-        Under the ``protect`` flow policy, flow groups (interfaces between components) keep their width.
-        """
-        model = copy.deepcopy(model)
-        graph = ComponentGraph(model, self.inputs, **self.graph_args)
-        for key, info in graph.groups.items():
-            if info.kind == "flow" and self.settings.flow_policy == "protect":
-                continue
-            keep = keep_count(plan.groups[key].width, ratio, self.target.granule)
-            if keep >= info.width:
-                continue
-            positions = sorted(torch.topk(self.scores(graph, key), keep).indices.tolist())
-            kept = set(positions)
-            graph.prune(key, [i for i in range(info.width) if i not in kept])
-            plan = plan.narrow(key, positions)
-        return model, plan
+        return prune_uniform(model, plan, ratio, self.inputs, self.target.granule, self.settings.flow_policy,
+                             **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> tuple[str, str, nn.Module, Plan, StepRecord, StepRecord]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from edgeprune.graph import ComponentGraph, GraphError
-from edgeprune.plan import Plan, PlanError
+from edgeprune.importance import component_importance, group_scores
+from edgeprune.plan import Plan, PlanError, keep_count, prune_uniform
 
 OUT = ("decoder.3",)
 
@@ -82,3 +83,41 @@ def test_silent_torch_pruning_fallbacks_are_reported(image) -> None:
     graph = ComponentGraph(model, image, output_layers=("3",))
     assert graph.skipped == {"3": "output layer: its width is the model's interface"}
     assert any("Unwrapped parameters detected: ['1.gain']" in note for note in graph.notes)
+
+
+@pytest.mark.parametrize(("width", "ratio", "granule", "kept"),
+                         [(64, 0.3, 8, 48), (64, 0.0, 8, 64), (64, 0.99, 8, 8), (8, 0.5, 8, 8), (100, 0.5, 8, 48),
+                          (128, 0.25, 32, 96)])
+def test_keep_count_rounds_to_the_granule(width: int, ratio: float, granule: int, kept: int) -> None:
+    assert keep_count(width, ratio, granule) == kept
+
+
+def test_protect_keeps_interfaces_and_joint_prunes_them_everywhere(two_part, image) -> None:
+    plan = Plan.dense("t", ComponentGraph(copy.deepcopy(two_part), image, output_layers=OUT))
+    with torch.no_grad():
+        dense_out = two_part(*image)
+    protected, p_plan = prune_uniform(two_part, plan, 0.5, image, 8, "protect", output_layers=OUT)
+    assert protected.encoder[5].out_channels == protected.decoder[1].in_channels == 16
+    assert protected.encoder[3].out_channels == 32 and protected.decoder[1].out_channels == 24
+    joint, j_plan = prune_uniform(two_part, plan, 0.5, image, 8, "joint", output_layers=OUT)
+    assert joint.encoder[5].out_channels == joint.decoder[1].in_channels == 8  # one cut, on both sides
+    assert j_plan.kept("encoder.5") == 8 and p_plan.kept("encoder.5") == 16
+    with torch.no_grad():
+        for model in (protected, joint):
+            assert model(*image).shape == dense_out.shape
+    replayed = j_plan.apply(copy.deepcopy(two_part), image, output_layers=OUT)
+    with torch.no_grad():
+        assert torch.equal(replayed(*image), joint(*image))
+    assert two_part.encoder[5].out_channels == 16, "prune_uniform must not touch its input model"
+
+
+def test_joint_importance_listens_to_every_component(two_part, image) -> None:
+    """A channel the decoder ignores (zero input weights) but the encoder values is kept under ``joint``
+    only if no component calls it unimportant: min over normalised scores."""
+    graph = ComponentGraph(two_part, image, output_layers=OUT)
+    with torch.no_grad():
+        two_part.decoder[1].weight[3].zero_()  # ConvTranspose weight is [in, out, k, k]: decoder ignores channel 3
+    per = component_importance(graph, "encoder.5")
+    assert set(per) == {"encoder", "decoder"} and per["decoder"][3] == 0 and per["encoder"][3] > 0
+    assert int(group_scores(graph, "encoder.5", "joint").argmin()) == 3
+    assert group_scores(graph, "encoder.5", "owner")[3] > 0  # the producer alone still values it
