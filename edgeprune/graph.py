@@ -71,7 +71,7 @@ class ComponentGraph:
                     raise GraphError(f"component {component!r}: no module of the model is named {prefix!r} or below it")
         self.output_layers = tuple(output_layers)
         try:
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, torch.enable_grad():  # tracing needs autograd
                 warnings.simplefilter("always")
                 self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         except Exception as exc:  # torch tracing errors come in many types
