@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -45,19 +45,33 @@ def parse_components(specs: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def parse_ratios(specs: list[str]) -> dict[str, float]:
+    """``["encoder=0.2"]`` -> ``{"encoder": 0.2}``."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            fail(f"--component-ratio {spec!r}: write NAME=R with R a number in [0, 1)")
+    return out
+
+
 @app.command()
 def tune(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
     target: Annotated[str, typer.Option(help="target name in targets/ or a .toml path")] = "cpu",
     latency_budget: Annotated[str, typer.Option(help="e.g. 2.5ms, 800us, or 0.5x (of dense, measured)")] = "0.5x",
-    metric: Annotated[Optional[str], typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run folder; default runs/TASK")] = None,
+    metric: Annotated[str | None, typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder; default runs/TASK")] = None,
     finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning")] = 0,
     flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
-    components: Annotated[Optional[list[str]], typer.Option(
+    components: Annotated[list[str] | None, typer.Option(
         help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
+    component_ratio: Annotated[list[str] | None, typer.Option(
+        help="NAME=R, repeatable: remove at most the fraction R of that component's channels")] = None,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
     from edgeprune.report import comparison_rows
@@ -67,10 +81,11 @@ def tune(
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
                                 finetune_steps=finetune_steps, step=step, seed=seed, flow_policy=flow_policy,
-                                components=parse_components(components) if components else None)
+                                components=parse_components(components) if components else None,
+                                component_ratios=parse_ratios(component_ratio) if component_ratio else None)
     except ValidationError as exc:
         first = exc.errors()[0]
-        option = {"metric_budget": "metric"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
+        option = {"metric_budget": "metric", "component_ratios": "component-ratio"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
         fail(f"--{option}: {first['msg'].removeprefix('Value error, ')}")
     folder = out or Path("runs") / Path(task.split(":")[-1]).name
     try:
@@ -98,7 +113,7 @@ def tune(
 @app.command()
 def graph(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
-    picture: Annotated[Optional[Path], typer.Option(help="write the component graph here (PNG)")] = None,
+    picture: Annotated[Path | None, typer.Option(help="write the component graph here (PNG)")] = None,
 ) -> None:
     """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
     from edgeprune.figures import component_graph_figure

@@ -16,7 +16,6 @@ from torch import nn
 
 from edgeprune.runtimes import Runtime
 
-
 # torch's ONNX exporter warns on every export that torchvision (absent here) is not installed
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 

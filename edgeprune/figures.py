@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch
 
-from edgeprune.graph import ComponentGraph  # noqa: E402
+from edgeprune.graph import ComponentGraph
 
 
 def component_graph_figure(graph: ComponentGraph, path: Path, title: str = "") -> Path:

@@ -8,10 +8,10 @@ consumers those whose input channels it removes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import dataclasses
-from dataclasses import dataclass
 import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch

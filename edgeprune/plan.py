@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -121,20 +121,27 @@ def prune_uniform(
     example_inputs: tuple[torch.Tensor, ...],
     granule: int,
     flow_policy: FlowPolicy = "protect",
+    component_ratios: Mapping[str, float] | None = None,
     **graph_args: object,
 ) -> tuple[nn.Module, Plan]:
     """Prune a copy of ``model`` (described by ``plan``) so every prunable group keeps
     ``keep_count(dense width, ratio, granule)`` channels, dropping the least important ones.
 
     Under ``protect``, flow groups (interfaces between components) keep their width; under ``joint`` or
-    ``owner`` they are cut once, consistently in every component that touches them.
+    ``owner`` they are cut once, consistently in every component that touches them. ``component_ratios`` caps
+    the ratio per component (a per-component budget); a flow group takes the smallest cap of its components.
     """
     model = copy.deepcopy(model)
     graph = ComponentGraph(model, example_inputs, **graph_args)  # type: ignore[arg-type]
+    caps = dict(component_ratios or {})
+    unknown = set(caps) - set(graph.components)
+    if unknown:
+        raise PlanError(f"per-component ratios name unknown components: {', '.join(sorted(unknown))}")
     for key, info in graph.groups.items():
         if info.kind == "flow" and flow_policy == "protect":
             continue
-        keep = keep_count(plan.groups[key].width, ratio, granule)
+        group_ratio = min([ratio, *(caps[c] for c in info.components if c in caps)])
+        keep = keep_count(plan.groups[key].width, group_ratio, granule)
         if keep >= info.width:
             continue
         positions = sorted(torch.topk(group_scores(graph, key, flow_policy), keep).indices.tolist())

@@ -14,7 +14,6 @@ from pathlib import Path
 import onnx
 import pandas as pd
 
-
 #: ONNX Runtime names a node it fused from several ("Gemm + Relu") after the first one, with this prefix.
 ORT_FUSED = "fused "
 

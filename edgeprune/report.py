@@ -9,7 +9,6 @@ import pandas as pd
 
 from edgeprune.profiling import load_profile
 
-
 FLOW_POLICIES = {
     "protect": "Flow policy `protect`: they keep their width.",
     "joint": "Flow policy `joint`: they are pruned consistently in every component, on the minimum of each "
@@ -101,13 +100,16 @@ def write_report(folder: Path, manifest: dict) -> Path:
         "Flow groups cross a component boundary (an interface). " + FLOW_POLICIES[manifest["settings"]["flow_policy"]],
         *_not_pruned(manifest["graph"]),
         "## Provenance",
-        _table(["", ""], [[k, v] for k, v in manifest["versions"].items()]
-               + [["target", f"{target['name']} (runtime {target['runtime']}, device {target['device']}, "
-                             f"precision {target['precision']}, granule {target['granule']})"],
-                  ["created", manifest["created"]], ["wall time", f"{manifest['wall_s']} s"]]),
-        f"Latencies are measured with {target['runtime']} on this machine ({target['measure']['repeats']} fresh sessions "
-        f"× {target['measure']['runs']} runs, median of medians; ± is half the spread between repetitions). "
-        "No TensorRT engine was built or timed in this run.",
+        _table(["", ""], [
+            *([k, v] for k, v in manifest["versions"].items()),
+            ["target", (f"{target['name']} (runtime {target['runtime']}, device {target['device']}, "
+                        f"precision {target['precision']}, granule {target['granule']})")],
+            ["created", manifest["created"]],
+            ["wall time", f"{manifest['wall_s']} s"],
+        ]),
+        (f"Latencies are measured with {target['runtime']} on this machine ({target['measure']['repeats']} fresh "
+         f"sessions × {target['measure']['runs']} runs, median of medians; ± is half the spread between "
+         "repetitions). No TensorRT engine was built or timed in this run."),
     ]
     path = folder / "report.md"
     path.write_text("\n\n".join(parts) + "\n")

@@ -65,6 +65,16 @@ class TuneSettings(BaseModel):
         "protect", description="inter-component groups: keep width, prune on every component's importance (min), "
                                "or on the producing component's")
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
+    component_ratios: dict[str, float] | None = Field(
+        None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
+
+    @field_validator("component_ratios")
+    @classmethod
+    def _ratios(cls, ratios: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (ratios or {}).items():
+            if not 0 <= value < 1:
+                raise ValueError(f"component {name!r}: ratio must be in [0, 1), got {value:g}")
+        return ratios
 
     @field_validator("latency_budget")
     @classmethod
@@ -99,6 +109,18 @@ class StepRecord:
     @property
     def latency_ms(self) -> float:
         return float(self.latency["median_ms"]) if self.latency else math.nan
+
+
+@dataclass
+class Outcome:
+    """How the loop ended, with the model and plan it ends on (the last accepted step)."""
+
+    status: Literal["met", "infeasible"]
+    reason: str
+    model: nn.Module
+    plan: Plan
+    dense: StepRecord
+    final: StepRecord
 
 
 @dataclass
@@ -189,10 +211,10 @@ class _Loop:
 
     def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
         return prune_uniform(model, plan, ratio, self.inputs, self.target.granule, self.settings.flow_policy,
-                             **self.graph_args)
+                             self.settings.component_ratios, **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def run(self) -> tuple[str, str, nn.Module, Plan, StepRecord, StepRecord]:
+    def run(self) -> Outcome:
         start = time.perf_counter()
         dense_model = self.task.build()
         plan = Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
@@ -221,15 +243,17 @@ class _Loop:
         ratio, step = 0.0, self.settings.step
         rejected: set[str] = set()
         if dense_latency.median_ms <= self.budget_ms:
-            return "met", "the dense model already meets both budgets", model, plan, dense, best
+            return Outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
         while True:
             if ratio >= self.settings.max_ratio - 1e-9:
-                return ("infeasible", f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
-                        f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms", model, plan, dense, best)
+                reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
+                          f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
+                return Outcome("infeasible", reason, model, plan, dense, best)
             if step < self.settings.min_step:
-                return ("infeasible", f"the metric budget breaks before the latency budget holds: the best plan measures "
-                        f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
-                        f"{best.metrics[self.metric_budget.metric]:.4g}", model, plan, dense, best)
+                reason = (f"the metric budget breaks before the latency budget holds: the best plan measures "
+                          f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
+                          f"{best.metrics[self.metric_budget.metric]:.4g}")
+                return Outcome("infeasible", reason, model, plan, dense, best)
             trial = min(self.settings.max_ratio, ratio + step)
             t0 = time.perf_counter()
             candidate, candidate_plan = self.propose(model, plan, trial)
@@ -265,7 +289,7 @@ class _Loop:
             model, plan, ratio, best = candidate, candidate_plan, trial, record
             rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
             if latency.median_ms <= self.budget_ms:
-                return "met", "both budgets hold", model, plan, dense, best
+                return Outcome("met", "both budgets hold", model, plan, dense, best)
 
 
 def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None) -> TuneResult:
@@ -285,9 +309,8 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     started = time.perf_counter()
     try:
         loop = _Loop(settings, staging / "work", log)
-        status, reason, model, plan, dense, final = loop.run()
-        manifest = _write_bundle(loop, staging, key, status, reason, model, plan, dense, final,
-                                 time.perf_counter() - started)
+        outcome = loop.run()
+        manifest = _write_bundle(loop, staging, key, outcome, time.perf_counter() - started)
         shutil.rmtree(staging / "work")
         if out.exists():
             out.rmdir()  # existing_run allowed only an empty folder
@@ -295,14 +318,14 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TuneResult(status, reason, out, manifest, loop.steps)  # type: ignore[arg-type]
+    return TuneResult(outcome.status, outcome.reason, out, manifest, loop.steps)
 
 
-def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str, model: nn.Module, plan: Plan,
-                  dense: StepRecord, final: StepRecord, wall_s: float) -> dict[str, object]:
+def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s: float) -> dict[str, object]:
     """Plan, weights, ONNX, profiles, steps, manifest and report of a finished loop, written into ``folder``."""
     from edgeprune.report import write_report
 
+    model, plan, final = outcome.model, outcome.plan, outcome.final
     loop.log("writing the bundle: ONNX export, profiles, report")
     plan.save(folder / "plan.json")
     torch.save(model.state_dict(), folder / "weights.pt")
@@ -321,8 +344,8 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str,
     pruned_value = final.metrics[metric]
     manifest: dict[str, object] = {
         "format": "edgeprune.manifest/1",
-        "status": status,
-        "reason": reason,
+        "status": outcome.status,
+        "reason": outcome.reason,
         "run_key": key,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 2),
@@ -337,7 +360,7 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, status: str, reason: str,
             "metric": {"expression": str(loop.metric_budget), "threshold": loop.metric_threshold,
                        "holds": loop.metric_budget.holds(pruned_value, loop.dense_value)},
         },
-        "dense": asdict(dense),
+        "dense": asdict(outcome.dense),
         "pruned": {**asdict(final), "onnx_max_abs_error": max_err,
                    "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
         "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
 from edgeprune.graph import ComponentGraph
-from edgeprune.plan import Plan, prune_uniform
+from edgeprune.plan import Plan, PlanError, prune_uniform
 
 
 class SkipAutoencoder(nn.Module):
@@ -109,3 +110,19 @@ def test_declared_components_override_top_level_children() -> None:
     graph = ComponentGraph(model, obs, {"actor": ["trunk", "actor"], "critic": ["critic"]}, ("actor.2", "critic.2"))
     assert graph.groups["trunk.0"].kind == "intra" and graph.groups["trunk.0"].components == ("actor",)
     assert graph.groups["trunk.2"].producers == ("actor",) and graph.groups["trunk.2"].consumers == ("actor", "critic")
+
+
+def test_per_component_ratio_caps_one_component() -> None:
+    torch.manual_seed(0)
+    model, obs = ActorCritic().eval(), (torch.randn(4, 8),)
+    outputs = ("actor.2", "critic.2")
+    plan = Plan.dense("ac", ComponentGraph(copy.deepcopy(model), obs, output_layers=outputs))
+    pruned, capped = prune_uniform(model, plan, 0.5, obs, 8, "joint", {"critic": 0.0, "trunk": 0.25},
+                                   output_layers=outputs)
+    assert capped.kept("critic.0") == 64 and capped.kept("actor.0") == 32 and capped.kept("trunk.0") == 48
+    assert capped.kept("trunk.2") == 64  # the trunk→actor/critic flow takes the critic's cap (0)
+    assert pruned.critic[0].out_features == 64 and pruned.actor[0].out_features == 32
+    with torch.no_grad():
+        assert pruned(*obs)[1].shape == (4, 1)
+    with pytest.raises(PlanError, match="unknown components: policy"):
+        prune_uniform(model, plan, 0.5, obs, 8, "joint", {"policy": 0.1}, output_layers=outputs)

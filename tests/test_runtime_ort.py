@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from edgeprune.export import ExportMismatch, check_export, export_onnx, to_numpy
