@@ -29,7 +29,7 @@ from torch import nn
 from edgeprune.export import export_onnx, flat_outputs, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.plan import Plan, prune_uniform
-from edgeprune.runtimes import get_runtime
+from edgeprune.runtimes import Runtime, get_runtime
 from edgeprune.targets import load_target
 from edgeprune.task import Task, load_task
 
@@ -55,6 +55,18 @@ def component_aware(task: Task, model: nn.Module, ratio: float, granule: int) ->
     return prune_uniform(model, plan, ratio, task.example_inputs(), granule, "protect", **args)[0]
 
 
+def measure(task: Task, model: nn.Module, runtime: Runtime, work: Path, dense: dict[str, object]) -> dict[str, object]:
+    """Metric, parameter sparsity, output shapes and measured latency of one (pruned, fine-tuned) model."""
+    model.eval()
+    inputs = task.example_inputs()
+    with torch.no_grad():
+        intact = [t.shape for t in flat_outputs(model(*inputs))] == dense["shapes"]
+    latency = runtime.latency(export_onnx(model, inputs, work / "m.onnx"), to_numpy(inputs)).median_ms
+    params = sum(p.numel() for p in model.parameters())
+    return {task.metric: task.evaluate(model)[task.metric], "param_sparsity": 1 - params / dense["params"],
+            "latency_ms": latency, "outputs_intact": intact}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["pendulum-agent", "digits-autoencoder"])
@@ -64,51 +76,37 @@ def main() -> None:
     target = load_target(args.target)
     target = target.model_copy(update={"measure": target.measure.model_copy(update={"repeats": 3, "runs": 200})})
     runtime = get_runtime(target)
-    rows = []
+    tables: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tasks:
             task = load_task(name)
-            dense = task.build()
-            inputs = task.example_inputs()
+            dense_model = task.build()
             with torch.no_grad():
-                shapes = [t.shape for t in flat_outputs(dense(*inputs))]
-            dense_params = sum(p.numel() for p in dense.parameters())
-
-            def record(method: str, ratio: float, model: nn.Module, seconds: float) -> None:
-                model.eval()
-                with torch.no_grad():
-                    intact = [t.shape for t in flat_outputs(model(*inputs))] == shapes
-                path = export_onnx(model, inputs, Path(tmp) / "m.onnx")
-                latency = runtime.latency(path, to_numpy(inputs)).median_ms
-                metric = task.evaluate(model)[task.metric]
-                params = sum(p.numel() for p in model.parameters())
-                rows.append({"task": name, "ratio": ratio, "method": method, task.metric: metric, "metric": metric,
-                             "param_sparsity": 1 - params / dense_params, "latency_ms": latency,
-                             "outputs_intact": intact, "prune_and_finetune_s": seconds})
-                print(f"{name:20s} {ratio:4.2f} {method:16s} {task.metric}={metric:9.4g} sparsity="
-                      f"{1 - params / dense_params:5.1%} latency={latency:.4g} ms intact={intact}", flush=True)
-
-            record("dense", 0.0, copy.deepcopy(dense), 0.0)
+                shapes = [t.shape for t in flat_outputs(dense_model(*task.example_inputs()))]
+            dense = {"shapes": shapes, "params": sum(p.numel() for p in dense_model.parameters())}
+            rows = [{"ratio": 0.0, "method": "dense", **measure(task, copy.deepcopy(dense_model), runtime, Path(tmp), dense),
+                     "prune_and_finetune_s": 0.0}]
             for ratio in args.ratios:
                 for method in ("component-aware", "depgraph-global", "depgraph-local"):
                     start = time.perf_counter()
                     if method == "component-aware":
-                        model = component_aware(task, dense, ratio, target.granule)
+                        model = component_aware(task, dense_model, ratio, target.granule)
                     else:
-                        model = depgraph(task, dense, ratio, target.granule, method == "depgraph-global")
+                        model = depgraph(task, dense_model, ratio, target.granule, method == "depgraph-global")
                     torch.manual_seed(0)
                     if task.finetune is not None:
                         task.finetune(model, FINETUNE.get(name, 100))
-                    record(method, ratio, model, time.perf_counter() - start)
-    frame = pd.DataFrame(rows)
+                    seconds = time.perf_counter() - start
+                    rows.append({"ratio": ratio, "method": method, **measure(task, model, runtime, Path(tmp), dense),
+                                 "prune_and_finetune_s": seconds})
+                    print(name, rows[-1], flush=True)
+            tables[name] = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
-    frame.drop(columns="metric").to_csv(RESULTS / "component_vs_depgraph.csv", index=False)
+    pd.concat([t.assign(task=n) for n, t in tables.items()]).to_csv(RESULTS / "component_vs_depgraph.csv", index=False)
     with (RESULTS / "component_vs_depgraph.md").open("w") as f:
         f.write(f"# Component-aware vs plain DepGraph (target {target.name}, fine-tune steps {FINETUNE})\n\n")
-        for name, part in frame.groupby("task", sort=False):
-            f.write(f"## {name}\n\n")
-            f.write(part.drop(columns=["task", "metric"]).dropna(axis=1, how="all").to_markdown(index=False, floatfmt=".4g"))
-            f.write("\n\n")
+        for name, table in tables.items():
+            f.write(f"## {name}\n\n{table.to_markdown(index=False, floatfmt='.4g')}\n\n")
     print(f"wrote {RESULTS / 'component_vs_depgraph.md'}")
 
 
