@@ -182,10 +182,9 @@ def existing_run(out: Path, key: str) -> dict[str, object] | None:
 class _Loop:
     """State of one tune run; ``run`` drives it. Kept as a class so each step's pieces stay small."""
 
-    def __init__(self, settings: TuneSettings, work: Path, log: Callable[[str], None]) -> None:
-        self.settings, self.work, self.log = settings, work, log
+    def __init__(self, settings: TuneSettings, target: Target, work: Path, log: Callable[[str], None]) -> None:
+        self.settings, self.target, self.work, self.log = settings, target, work, log
         self.task = load_task(settings.task)
-        self.target = load_target(settings.target)
         self.runtime = get_runtime(self.target)
         self.latency_budget = LatencyBudget.parse(settings.latency_budget)
         self.metric_budget = MetricBudget.parse(settings.metric_budget or self.task.default_metric_budget)
@@ -308,7 +307,7 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     (staging / "work").mkdir(parents=True)
     started = time.perf_counter()
     try:
-        loop = _Loop(settings, staging / "work", log)
+        loop = _Loop(settings, target, staging / "work", log)
         outcome = loop.run()
         manifest = _write_bundle(loop, staging, key, outcome, time.perf_counter() - started)
         shutil.rmtree(staging / "work")
