@@ -31,7 +31,7 @@ def comparison_rows(manifest: dict) -> list[tuple[str, str, str]]:
         ("latency (measured, median)", _fmt_latency(dense["latency"]), _fmt_latency(pruned["latency"]) + f" — {speedup:.2f}× faster"),
         (metric, f"{dense['metrics'][metric]:.4g}", f"{pruned['metrics'][metric]:.4g}"),
         ("parameters", f"{dense['params']:,}", f"{pruned['params']:,} ({pruned['params'] / dense['params']:.1%})"),
-        ("MACs", f"{dense['macs']:,}", f"{pruned['macs']:,} ({pruned['macs'] / dense['macs']:.1%})"),
+        ("MACs per input sample (Torch-Pruning count)", f"{dense['macs']:,}", f"{pruned['macs']:,} ({pruned['macs'] / dense['macs']:.1%})"),
         ("channel sparsity", "0", f"{pruned['channel_sparsity']:.1%}"),
     ]
 
