@@ -68,6 +68,7 @@ def tune(
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning")] = 0,
     flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
+    flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
     components: Annotated[list[str] | None, typer.Option(
         help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
     component_ratio: Annotated[list[str] | None, typer.Option(
@@ -81,6 +82,7 @@ def tune(
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
                                 finetune_steps=finetune_steps, step=step, seed=seed, flow_policy=flow_policy,
+                                flow_combine=flow_combine,
                                 components=parse_components(components) if components else None,
                                 component_ratios=parse_ratios(component_ratio) if component_ratio else None)
     except ValidationError as exc:

@@ -60,13 +60,13 @@ def combine(per_component: Mapping[str, torch.Tensor], how: Combine = "min",
 FlowPolicy = Literal["protect", "joint", "owner"]
 
 
-def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joint") -> torch.Tensor:
-    """Channel importance of a group: plain magnitude inside a component; for a flow group, the minimum over
-    components of their normalised scores (``joint``) or the producing component's alone (``owner``)."""
+def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joint", how: Combine = "min") -> torch.Tensor:
+    """Channel importance of a group: plain magnitude inside a component; for a flow group, every component's
+    normalised scores combined by ``how`` (``joint``), or the producing component's alone (``owner``)."""
     info = graph.groups[key]
     if info.kind == "intra":
         return graph.importance(key)
     per_component = component_importance(graph, key)
     if flow_policy == "owner":
         per_component = {c: v for c, v in per_component.items() if c in info.producers} or per_component
-    return combine(per_component, "min")
+    return combine(per_component, how)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from edgeprune.graph import ComponentGraph
-from edgeprune.importance import FlowPolicy, group_scores
+from edgeprune.importance import Combine, FlowPolicy, group_scores
 
 FORMAT = "edgeprune.plan/1"
 
@@ -122,13 +122,15 @@ def prune_uniform(
     granule: int,
     flow_policy: FlowPolicy = "protect",
     component_ratios: Mapping[str, float] | None = None,
+    flow_combine: Combine = "min",
     **graph_args: object,
 ) -> tuple[nn.Module, Plan]:
     """Prune a copy of ``model`` (described by ``plan``) so every prunable group keeps
     ``keep_count(dense width, ratio, granule)`` channels, dropping the least important ones.
 
     Under ``protect``, flow groups (interfaces between components) keep their width; under ``joint`` or
-    ``owner`` they are cut once, consistently in every component that touches them. ``component_ratios`` caps
+    ``owner`` they are cut once, consistently in every component that touches them (``joint`` combines the
+    components' normalised importance by ``flow_combine``: ``min`` or ``mean``). ``component_ratios`` caps
     the ratio per component (a per-component budget); a flow group takes the smallest cap of its components.
     """
     model = copy.deepcopy(model)
@@ -144,7 +146,7 @@ def prune_uniform(
         keep = keep_count(plan.groups[key].width, group_ratio, granule)
         if keep >= info.width:
             continue
-        positions = sorted(torch.topk(group_scores(graph, key, flow_policy), keep).indices.tolist())
+        positions = sorted(torch.topk(group_scores(graph, key, flow_policy, flow_combine), keep).indices.tolist())
         kept = set(positions)
         graph.prune(key, [i for i in range(info.width) if i not in kept])
         plan = plan.narrow(key, positions)

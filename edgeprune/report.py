@@ -11,8 +11,8 @@ from edgeprune.profiling import load_profile
 
 FLOW_POLICIES = {
     "protect": "Flow policy `protect`: they keep their width.",
-    "joint": "Flow policy `joint`: they are pruned consistently in every component, on the minimum of each "
-             "component's normalised importance.",
+    "joint": "Flow policy `joint`: they are pruned consistently in every component, on each component's "
+             "normalised importance combined (min or mean, see the manifest's settings).",
     "owner": "Flow policy `owner`: they are pruned in every component, on the producing component's importance.",
 }
 

@@ -33,7 +33,7 @@ import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
 from edgeprune.export import check_export, export_onnx, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
-from edgeprune.importance import FlowPolicy
+from edgeprune.importance import Combine, FlowPolicy
 from edgeprune.plan import Plan, prune_uniform
 from edgeprune.profiling import attribute, save_profile
 from edgeprune.runtimes import Latency, Runtime, get_runtime
@@ -64,6 +64,7 @@ class TuneSettings(BaseModel):
     flow_policy: FlowPolicy = Field(
         "protect", description="inter-component groups: keep width, prune on every component's importance (min), "
                                "or on the producing component's")
+    flow_combine: Combine = Field("min", description="joint policy: combine components' importance by min or mean")
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
     component_ratios: dict[str, float] | None = Field(
         None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
@@ -210,7 +211,7 @@ class _Loop:
 
     def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
         return prune_uniform(model, plan, ratio, self.inputs, self.target.granule, self.settings.flow_policy,
-                             self.settings.component_ratios, **self.graph_args)
+                             self.settings.component_ratios, self.settings.flow_combine, **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> Outcome:

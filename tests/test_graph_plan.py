@@ -121,3 +121,12 @@ def test_joint_importance_listens_to_every_component(two_part, image) -> None:
     assert set(per) == {"encoder", "decoder"} and per["decoder"][3] == 0 and per["encoder"][3] > 0
     assert int(group_scores(graph, "encoder.5", "joint").argmin()) == 3
     assert group_scores(graph, "encoder.5", "owner")[3] > 0  # the producer alone still values it
+
+
+def test_joint_mean_is_the_average_of_normalised_component_scores(two_part, image) -> None:
+    graph = ComponentGraph(two_part, image, output_layers=OUT)
+    per = component_importance(graph, "encoder.5")
+    expected = (per["encoder"] / per["encoder"].mean() + per["decoder"] / per["decoder"].mean()) / 2
+    assert torch.allclose(group_scores(graph, "encoder.5", "joint", "mean"), expected)
+    assert torch.allclose(group_scores(graph, "encoder.5", "joint", "min"),
+                          torch.minimum(per["encoder"] / per["encoder"].mean(), per["decoder"] / per["decoder"].mean()))
