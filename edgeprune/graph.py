@@ -79,14 +79,22 @@ class ComponentGraph:
         #: Torch-Pruning's own warnings (e.g. parameters outside any known layer, pruned along a guessed dimension)
         self.notes = [" ".join(str(w.message).split()) for w in caught if "torch_pruning" in w.filename]
         self.groups: dict[str, GroupInfo] = {}
+        self.skipped: dict[str, str] = {}
+        blocked: set[str] = set()
         for group in self.dg.get_all_groups(ignored_layers=[by_name[n] for n in output_layers]):
             info = self._describe(group)
+            narrow = [n for n in info.out_modules if self.dg.get_out_channels(by_name[n]) not in (None, info.width)]
+            if narrow:  # e.g. a 1-channel gate broadcast-multiplied into a wider tensor: no channel can go
+                self.skipped[info.key] = (f"group cannot be pruned: {', '.join(narrow)} (narrower) is broadcast "
+                                          f"into its {info.width} channels")
+                blocked.update(info.out_modules)
+                continue
             self.groups[info.key] = info
-        self.skipped = self._skipped(by_name)
+        self.skipped.update(self._skipped(by_name, blocked))
 
-    def _skipped(self, by_name: dict[str, nn.Module]) -> dict[str, str]:
+    def _skipped(self, by_name: dict[str, nn.Module], blocked: set[str]) -> dict[str, str]:
         """Layers whose channels no group prunes, with the reason — Torch-Pruning skips these silently."""
-        covered = {m for g in self.groups.values() for m in g.out_modules}
+        covered = {m for g in self.groups.values() for m in g.out_modules} | blocked
         skipped: dict[str, str] = {}
         for name, module in by_name.items():
             has_weights = any(True for _ in module.parameters(recurse=False))

@@ -130,3 +130,22 @@ def test_joint_mean_is_the_average_of_normalised_component_scores(two_part, imag
     assert torch.allclose(group_scores(graph, "encoder.5", "joint", "mean"), expected)
     assert torch.allclose(group_scores(graph, "encoder.5", "joint", "min"),
                           torch.minimum(per["encoder"] / per["encoder"].mean(), per["decoder"] / per["decoder"].mean()))
+
+
+def test_a_group_with_a_broadcast_one_channel_branch_is_reported_not_pruned(image) -> None:
+    class Gated(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Conv2d(1, 32, 3, padding=1)
+            self.gate = torch.nn.Conv2d(1, 1, 3, padding=1)  # one channel, broadcast over 32
+            self.head = torch.nn.Conv2d(32, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x) * torch.sigmoid(self.gate(x)))
+
+    graph = ComponentGraph(Gated().eval(), image, output_layers=("head",))
+    assert graph.groups == {}
+    assert graph.skipped == {
+        "features": "group cannot be pruned: gate (narrower) is broadcast into its 32 channels",
+        "head": "output layer: its width is the model's interface",
+    }
