@@ -16,7 +16,7 @@ from edgeprune.zoo import CHECKPOINTS
 TRAINERS: dict[str, str] = {
     "digits-autoencoder": "edgeprune.zoo.autoencoder:train_digits",
     "fashion-autoencoder": "edgeprune.zoo.autoencoder:train_fashion",
-    "pendulum-agent": "edgeprune.zoo.pendulum:train_agent",
+    "pendulum-agent": "edgeprune.zoo.pendulum_train:train_agent",
 }
 
 
