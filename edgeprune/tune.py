@@ -62,8 +62,8 @@ class TuneSettings(BaseModel):
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
     flow_policy: FlowPolicy = Field(
-        "protect", description="inter-component groups: keep width, prune on every component's importance (min), "
-                               "or on the producing component's")
+        "protect", description="inter-component groups: keep their width, prune on every component's combined "
+                               "importance (joint), or on the producing component's (owner)")
     flow_combine: Combine = Field("min", description="joint policy: combine components' importance by min or mean")
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
     component_ratios: dict[str, float] | None = Field(
@@ -141,6 +141,11 @@ def target_inputs(task: Task, target: Target) -> tuple[torch.Tensor, ...]:
     return tuple(t[torch.arange(target.batch) % t.shape[0]] for t in inputs)
 
 
+def graph_args(settings: TuneSettings, task: Task) -> dict[str, object]:
+    """How a run builds its ComponentGraph: the user's components override the task's."""
+    return {"components": settings.components or task.components, "output_layers": task.output_layers}
+
+
 def run_key(settings: TuneSettings, target: Target) -> str:
     payload = json.dumps({"settings": settings.model_dump(), "target": target.digest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -192,8 +197,7 @@ class _Loop:
         if settings.finetune_steps and self.task.finetune is None:
             raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0")
         self.inputs = target_inputs(self.task, self.target)
-        self.graph_args = {"components": settings.components or self.task.components,
-                           "output_layers": self.task.output_layers}
+        self.graph_args = graph_args(settings, self.task)
         self.steps: list[StepRecord] = []
 
     # -- one measurement -------------------------------------------------------------------------------------
@@ -379,8 +383,7 @@ def load_pruned(run_dir: Path) -> tuple[Task, nn.Module]:
     task = load_task(manifest["settings"]["task"])
     target = Target.model_validate({k: v for k, v in manifest["target"].items() if k != "digest"})
     model = task.build()
-    components = manifest["settings"].get("components") or task.components
-    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), components=components,
-                                           output_layers=task.output_layers)
+    settings = TuneSettings.model_validate(manifest["settings"])
+    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), **graph_args(settings, task))
     model.load_state_dict(torch.load(run_dir / "weights.pt", weights_only=True))
     return task, model.eval()
