@@ -116,6 +116,8 @@ def tune(
 def graph(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
     picture: Annotated[Path | None, typer.Option(help="write the component graph here (PNG)")] = None,
+    flow_policy: Annotated[str, typer.Option(help="policy shown for flow groups: protect, joint or owner")] = "protect",
+    components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
 ) -> None:
     """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
     from edgeprune.figures import component_graph_figure
@@ -123,7 +125,10 @@ def graph(
 
     try:
         t = load_task(task)
-        g = ComponentGraph(t.build(), t.example_inputs(), t.components, t.output_layers)
+        if flow_policy not in ("protect", "joint", "owner"):
+            raise GraphError(f"--flow-policy {flow_policy!r}: choose protect, joint or owner")
+        g = ComponentGraph(t.build(), t.example_inputs(), parse_components(components) if components else t.components,
+                           t.output_layers)
     except USER_ERRORS as exc:
         fail(str(exc))
     comp = Table("component", "module prefixes", "intra groups", "flow groups", title=f"{t.name}: components")
@@ -134,7 +139,7 @@ def graph(
     groups = Table("group (root)", "channels", "layers", "class", "producers → consumers", "policy", title="groups")
     for x in g.groups.values():
         groups.add_row(x.key, str(x.width), str(len(x.modules)), x.kind,
-                       f"{', '.join(x.producers)} → {', '.join(x.consumers)}", "protect" if x.kind == "flow" else "prune")
+                       f"{', '.join(x.producers)} → {', '.join(x.consumers)}", flow_policy if x.kind == "flow" else "prune")
     console.print(groups)
     for name, why in g.skipped.items():
         console.print(f"not pruned: {name}: {why}", highlight=False)

@@ -60,7 +60,7 @@ class ComponentGraph:
     ) -> None:
         self.model = model
         self.names = {module: name for name, module in model.named_modules()}
-        by_name = dict(model.named_modules())
+        self.by_name = by_name = dict(model.named_modules())
         unknown = [name for name in output_layers if name not in by_name]
         if unknown:
             raise GraphError(f"output layers not in the model: {', '.join(unknown)}")
@@ -90,13 +90,13 @@ class ComponentGraph:
                 blocked.update(info.out_modules)
                 continue
             self.groups[info.key] = info
-        self.skipped.update(self._skipped(by_name, blocked))
+        self.skipped.update(self._skipped(blocked))
 
-    def _skipped(self, by_name: dict[str, nn.Module], blocked: set[str]) -> dict[str, str]:
+    def _skipped(self, blocked: set[str]) -> dict[str, str]:
         """Layers whose channels no group prunes, with the reason — Torch-Pruning skips these silently."""
         covered = {m for g in self.groups.values() for m in g.out_modules} | blocked
         skipped: dict[str, str] = {}
-        for name, module in by_name.items():
+        for name, module in self.by_name.items():
             has_weights = any(True for _ in module.parameters(recurse=False))
             if not has_weights or name in covered:
                 continue
@@ -139,7 +139,7 @@ class ComponentGraph:
         return self._group(key, range(self.groups[key].width))
 
     def _group(self, key: str, idxs: Sequence[int]) -> tp.dependency.Group:
-        module = dict(self.model.named_modules()).get(key)
+        module = self.by_name.get(key)
         if module is None:
             raise GraphError(f"group root {key!r} is not a module of this model")
         return self.dg.get_pruning_group(module, self.dg.get_pruner_of_module(module).prune_out_channels, list(idxs))

@@ -2,8 +2,8 @@
 
 A flow group couples layers of several components (an encoder's output and every consumer's input); one score
 summed over all of them lets the widest component decide for the others. Scoring each component's layers on
-their own, normalising each to mean 1 and combining them (min: a channel matters if any component needs it;
-mean: a weighted vote) keeps each component's voice.
+their own, normalising each to mean 1 and combining them (min: a channel is only as important as the component
+that needs it least; mean: a weighted vote) keeps each component's voice.
 """
 
 from __future__ import annotations

@@ -69,3 +69,12 @@ def test_tasks_and_targets_are_listed() -> None:
     assert tasks.exit_code == 0 and "digits-autoencoder" in tasks.stdout and "pendulum-agent" in tasks.stdout
     targets = run("targets")
     assert targets.exit_code == 0 and "onnxruntime" in targets.stdout
+
+
+def test_graph_prints_groups_and_draws_the_component_graph(tmp_path: Path) -> None:
+    picture = tmp_path / "g.png"
+    result = run("graph", "--task", "digits-autoencoder", "--flow-policy", "joint", "--picture", str(picture))
+    assert result.exit_code == 0, result.output
+    assert "encoder.latent" in result.stdout and "joint" in result.stdout
+    assert "not pruned: decoder.out: output layer" in result.stdout
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
