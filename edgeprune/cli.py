@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeprune.budgets import BudgetError
+from edgeprune.cost import CostModelError
 from edgeprune.export import ExportMismatch
 from edgeprune.graph import GraphError
 from edgeprune.plan import PlanError
-from edgeprune.runtimes import RuntimeMissing
+from edgeprune.runtimes import RuntimeFailure, RuntimeMissing
 from edgeprune.targets import TargetError, list_targets
 from edgeprune.task import BUILTIN, TaskError, load_task
 
@@ -25,7 +26,8 @@ console = Console()
 errors = Console(stderr=True)
 
 #: Errors that are the user's input, not a bug: one line, exit code 2.
-USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing)
+USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing,
+               RuntimeFailure, CostModelError)
 INFEASIBLE_EXIT = 3
 
 
@@ -147,6 +149,62 @@ def graph(
         console.print(f"torch-pruning: {note}", highlight=False)
     path = component_graph_figure(g, picture or Path(f"{t.name}-graph.png"), title=f"{t.name}: components and flows")
     console.print(f"component graph written to {path}", highlight=False)
+
+
+@app.command()
+def profile(
+    task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
+    target: Annotated[str, typer.Option(help="target name in targets/ or a .toml path")] = "cpu",
+    store: Annotated[Path | None, typer.Option(help="profile store folder; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
+    cost_model: Annotated[bool, typer.Option("--cost-model", help="also build the per-group cost model")] = False,
+    stride: Annotated[int, typer.Option(min=1, help="cost model: measure every STRIDE-th granule step")] = 1,
+    refresh: Annotated[bool, typer.Option("--refresh", help="measure again even if a stored profile matches")] = False,
+    components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
+) -> None:
+    """Profile TASK's dense model on TARGET: per-component and per-group time; stored and reused by key."""
+    from edgeprune.profiles import ProfileStore, profile_task
+    from edgeprune.runtimes import get_runtime
+    from edgeprune.targets import load_target
+    from edgeprune.tune import target_inputs
+
+    try:
+        t, tg = load_task(task), load_target(target)
+        runtime = get_runtime(tg)
+        graph_args = {"components": parse_components(components) if components else t.components,
+                      "output_layers": t.output_layers}
+        with console.status("profiling", spinner="dots") as status:
+            def log(message: str) -> None:
+                console.log(message, highlight=False)
+                status.update(message)
+
+            result = profile_task(t, tg, runtime, target_inputs(t, tg), graph_args, ProfileStore(store) if store else ProfileStore(),
+                                  refresh=refresh, cost_model=cost_model, stride=stride, log=log)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    frame = result.profile
+    total = float(frame["time_ms"].sum())
+    by_component = frame.groupby("component", sort=False)["time_ms"].sum().sort_values(ascending=False)
+    comp = Table("component", "ms", "share", title=f"{t.name} on {tg.name} ({frame.attrs.get('runtime')}): "
+                                                   f"{total:.4g} ms over {len(frame)} layers")
+    for name, ms in by_component.items():
+        comp.add_row(name or "(unattributed)", f"{ms:.4f}", f"{ms / total:.1%}")
+    console.print(comp)
+    columns = ["group", "kind", "components", "width", "layers ms"]
+    if result.cost is not None:
+        columns.append("half width saves ms")
+    groups = Table(*columns, title="groups (a layer between two groups counts in both)")
+    for row in result.groups.itertuples():
+        cells = [row.group, row.kind, row.components, str(row.width), f"{row.layers_ms:.4f}"]
+        if result.cost is not None:
+            cells.append(f"{getattr(row, 'half_width_saves_ms', float('nan')):.4f}")
+        groups.add_row(*cells)
+    console.print(groups)
+    console.print(f"profile {'reused from' if result.reused else 'stored in'} {result.profile_path}", highlight=False)
+    if result.cost is not None:
+        errors_pct = [100 * e for e in result.cost.calibration.errors()]
+        console.print(f"cost model {'reused from' if result.cost_reused else 'stored in'} {result.cost_path}; "
+                      f"calibration: {len(errors_pct)} whole-model measurements, largest error {max(errors_pct):.1f} %",
+                      highlight=False)
 
 
 @app.command()

@@ -8,6 +8,7 @@ import io
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,19 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, 
     return path
 
 
+def export_pt2(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """``torch.export`` ``model(*inputs)`` to a .pt2 archive (fixed shapes): what the torch-cuda runtime runs.
+
+    The program keeps each node's module path (``nn_module_stack``), so per-module GPU times need no ONNX.
+    """
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, inputs)
+    torch.export.save(program, str(path))
+    return path
+
+
 def check_export(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -83,6 +97,31 @@ def check_export(
         if np.any(err > atol + rtol * np.abs(e)):
             raise ExportMismatch(f"output {i}: ONNX differs from PyTorch by up to {err.max():.3g} (atol {atol}, rtol {rtol})")
     return worst
+
+
+#: Output tolerance (rtol, atol) of a built model against PyTorch, by the target's precision.
+TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-3, 1e-4), "fp16": (2e-2, 2e-2), "int8": (1e-1, 1e-1)}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model made ready for a runtime: what was exported (ONNX or .pt2: what profiles are attributed
+    through) and what the runtime runs (the same file, or a TensorRT engine built from it)."""
+
+    exported: Path
+    built: Path
+    max_abs_error: float
+
+
+def build_artifact(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: Runtime, folder: Path, name: str,
+                   precision: str = "fp32") -> Artifact:
+    """Export ``model`` in the runtime's source format, build it, and check its outputs against PyTorch."""
+    suffix = ".onnx" if runtime.source == "onnx" else ".pt2"
+    exporter = export_onnx if runtime.source == "onnx" else export_pt2
+    exported = exporter(model, inputs, folder / f"{name}{suffix}")
+    built = runtime.build(exported, folder)
+    rtol, atol = TOLERANCES[precision]
+    return Artifact(exported, built, check_export(model, inputs, built, runtime, rtol=rtol, atol=atol))
 
 
 def sha256_file(path: Path) -> str:

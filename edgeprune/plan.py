@@ -133,19 +133,42 @@ def prune_uniform(
     components' normalised importance by ``flow_combine``: ``min`` or ``mean``). ``component_ratios`` caps
     the ratio per component (a per-component budget); a flow group takes the smallest cap of its components.
     """
+    caps = dict(component_ratios or {})
+    components = {c for g in plan.groups.values() for c in g.components}
+    unknown = set(caps) - components
+    if unknown:
+        raise PlanError(f"per-component ratios name unknown components (or ones with no prunable group): {', '.join(sorted(unknown))}")
+    counts = {
+        key: keep_count(group.width, min([ratio, *(caps[c] for c in group.components if c in caps)]), granule)
+        for key, group in plan.groups.items()
+        if not (group.kind == "flow" and flow_policy == "protect")
+    }
+    return prune_to_counts(model, plan, counts, example_inputs, flow_policy, flow_combine, **graph_args)
+
+
+def prune_to_counts(
+    model: nn.Module,
+    plan: Plan,
+    counts: Mapping[str, int],
+    example_inputs: tuple[torch.Tensor, ...],
+    flow_policy: FlowPolicy = "protect",
+    flow_combine: Combine = "min",
+    **graph_args: object,
+) -> tuple[nn.Module, Plan]:
+    """Prune a copy of ``model`` (described by ``plan``) so group ``key`` keeps ``counts[key]`` channels, its most
+    important ones by :func:`group_scores`; a count at or above a group's current width leaves it alone.
+    """
     model = copy.deepcopy(model)
     graph = ComponentGraph(model, example_inputs, **graph_args)  # type: ignore[arg-type]
-    caps = dict(component_ratios or {})
-    unknown = set(caps) - set(graph.components)
+    unknown = set(counts) - set(graph.groups)
     if unknown:
-        raise PlanError(f"per-component ratios name unknown components: {', '.join(sorted(unknown))}")
-    for key, info in graph.groups.items():
-        if info.kind == "flow" and flow_policy == "protect":
-            continue
-        group_ratio = min([ratio, *(caps[c] for c in info.components if c in caps)])
-        keep = keep_count(plan.groups[key].width, group_ratio, granule)
+        raise PlanError(f"counts name groups this model does not have: {', '.join(sorted(unknown))}")
+    for key, keep in counts.items():
+        info = graph.groups[key]
         if keep >= info.width:
             continue
+        if keep < 1:
+            raise PlanError(f"group {key!r}: cannot keep {keep} channels")
         positions = sorted(torch.topk(group_scores(graph, key, flow_policy, flow_combine), keep).indices.tolist())
         kept = set(positions)
         graph.prune(key, [i for i in range(info.width) if i not in kept])

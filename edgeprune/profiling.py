@@ -57,16 +57,27 @@ def component_of(module: str, components: dict[str, list[str]]) -> str:
 
 
 def attribute(
-    nodes: pd.DataFrame, model_path: Path, components: dict[str, list[str]], provenance: dict[str, object]
+    nodes: pd.DataFrame, onnx_path: Path | None, components: dict[str, list[str]], provenance: dict[str, object]
 ) -> pd.DataFrame:
-    """Join a runtime's per-node times with module paths and components; provenance goes into ``attrs``.
+    """Join a runtime's per-layer times with module paths and components; provenance goes into ``attrs``.
 
-    A node the exporter left without a module (a decomposed op, an ORT-inserted node) keeps module ''
-    and component '' — reported as unattributed, never dropped.
+    Three shapes of runtime profile: ORT rows are ONNX nodes (``layer``, possibly ``fused <node>``); engine
+    rows list the ONNX nodes they cover (``onnx_nodes``; the first node exported from a module names it); torch
+    rows already carry their ``module`` (then ``onnx_path`` is None). A layer the exporter left without a module
+    (a decomposed op, a runtime-inserted node) keeps module '' and component '' — reported as unattributed,
+    never dropped.
     """
-    modules = node_modules(model_path)
     frame = nodes.copy()
-    frame["module"] = [modules.get(layer, modules.get(layer.removeprefix(ORT_FUSED), "")) for layer in frame["layer"]]
+    if "module" not in frame.columns:
+        if onnx_path is None:
+            raise ValueError("a profile without a module column needs the ONNX model it was measured from")
+        modules = node_modules(onnx_path)
+        if "onnx_nodes" in frame.columns:
+            frame["module"] = [next((modules[n] for n in covered if modules.get(n)), "")
+                               for covered in frame["onnx_nodes"]]
+        else:
+            frame["module"] = [modules.get(layer, modules.get(layer.removeprefix(ORT_FUSED), ""))
+                               for layer in frame["layer"]]
     frame["component"] = [component_of(m, components) for m in frame["module"]]
     total = frame["time_ms"].sum()
     frame["share"] = frame["time_ms"] / total if total > 0 else 0.0

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 #: Folders searched for ``NAME.toml``, in order: $EDGEPRUNE_TARGETS, ./targets, the repository's targets/.
 TARGET_DIRS: tuple[Path, ...] = tuple(
@@ -48,20 +49,101 @@ class MeasureSettings(_Strict):
     profile_runs: int = Field(100, ge=1)
 
 
+class TensorRTSettings(_Strict):
+    """How an engine is built and timed, for the ``tensorrt`` (Python API) and ``trtexec`` runtimes."""
+
+    workspace_mib: int = Field(1024, ge=1)
+    builder_optimization_level: int = Field(3, ge=0, le=5)  # TensorRT's default is 3; 5 is the current maximum
+    timing_cache: bool = True  # kept in the build folder, so rebuilding a pruned variant reuses kernel timings
+    trtexec: str | None = None  # path; None: /usr/src/tensorrt/bin/trtexec, else trtexec on PATH
+    device: int = Field(0, ge=0)  # CUDA device index
+    dla_core: int | None = Field(None, ge=0)  # run on this DLA core (Jetson AGX/NX) instead of the GPU
+    allow_gpu_fallback: bool = True  # with a DLA core: layers the DLA cannot run go to the GPU
+    sparse_weights: bool = False  # let the builder pick 2:4 structured-sparse kernels where weights allow
+    warmup_ms: int = Field(200, ge=0)  # trtexec warms up for a time, not a number of runs (its default: 200 ms)
+    timeout_s: float = Field(1800.0, gt=0)  # one trtexec call (an engine build on a Nano takes minutes)
+
+
+class PowerSettings(_Strict):
+    """Jetson power state a measurement needs; applying it is the device layer's job, a report records it."""
+
+    nvpmodel: int | Annotated[str, Field(min_length=1)] | None = None  # mode id, or mode NAME looked up on the device
+    jetson_clocks: bool = False  # lock clocks to the mode's maxima: steadier timings
+
+
+class TorchCudaSettings(_Strict):
+    device: int = Field(0, ge=0)  # CUDA device index
+
+
+RuntimeName = Literal["onnxruntime", "tensorrt", "trtexec", "torch-cuda"]
+#: Which runtimes read which settings table; a table given for another runtime is an error.
+RUNTIME_TABLES: dict[str, frozenset[str]] = {
+    "onnxruntime": frozenset({"onnxruntime"}),
+    "tensorrt": frozenset({"tensorrt", "trtexec"}),
+    "torch_cuda": frozenset({"torch-cuda"}),
+}
+#: Runtimes that run inside this Python process, so only on this machine.
+IN_PROCESS: frozenset[str] = frozenset({"onnxruntime", "tensorrt", "torch-cuda"})
+_DEVICE = re.compile(r"^(local|ssh://[\w.-]+@[\w.-]+(:\d+)?)$")
+#: TensorRT pads channels to these multiples (FP16 formats: % 8, INT8 tensor-core kernels: % 32).
+_TRT_GRANULE = {"fp16": 8, "int8": 32}
+
+
 class Target(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    runtime: Literal["onnxruntime"]
+    runtime: RuntimeName
     device: str = "local"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     granule: int = Field(8, ge=1)
     batch: int | None = Field(None, ge=1)
     onnxruntime: OrtSettings = Field(default_factory=OrtSettings)
+    tensorrt: TensorRTSettings = Field(default_factory=TensorRTSettings)
+    torch_cuda: TorchCudaSettings = Field(default_factory=TorchCudaSettings)
+    power: PowerSettings = Field(default_factory=PowerSettings)
     measure: MeasureSettings = Field(default_factory=MeasureSettings)
 
+    @model_validator(mode="after")
+    def _coherent(self) -> Target:
+        """Reject settings that cannot mean what they say on this runtime (they would silently do nothing)."""
+        for table, runtimes in RUNTIME_TABLES.items():  # a dumped target carries every table, at its defaults
+            if self.runtime not in runtimes and getattr(self, table) != type(getattr(self, table))():
+                raise ValueError(f"[{table}] has no effect on runtime {self.runtime!r} (it is read by {sorted(runtimes)})")
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"device {self.device!r}: expected 'local' or 'ssh://user@host[:port]'")
+        if self.device != "local" and self.runtime in IN_PROCESS:
+            raise ValueError(f"runtime {self.runtime!r} runs in this process, so device must be 'local' "
+                             f"(use runtime 'trtexec' for {self.device})")
+        if self.runtime == "torch-cuda" and self.precision != "fp32":
+            raise ValueError(f"precision {self.precision!r} on runtime 'torch-cuda': it runs the exported program "
+                             "as it is (fp32); use a TensorRT target for fp16/int8")
+        if self.runtime == "onnxruntime" and self.precision == "fp16" and set(self.onnxruntime.providers) == {
+            "CPUExecutionProvider"
+        }:
+            raise ValueError("precision 'fp16' on ONNX Runtime's CPU provider: it has no fp16 kernels worth "
+                             "measuring; use fp32, or a GPU provider")
+        if self.runtime in RUNTIME_TABLES["tensorrt"]:
+            step = _TRT_GRANULE.get(self.precision)
+            if step and self.granule % step:
+                raise ValueError(f"granule {self.granule} with precision {self.precision!r}: TensorRT pads channels "
+                                 f"to multiples of {step}, so prune at a multiple of {step}")
+            if self.tensorrt.dla_core is not None and self.precision == "fp32":
+                raise ValueError("dla_core with precision 'fp32': the DLA runs fp16 and int8 only")
+            if self.tensorrt.trtexec is not None and self.runtime != "trtexec":
+                raise ValueError("[tensorrt] trtexec is a path for runtime 'trtexec'; runtime 'tensorrt' uses the "
+                                 "Python API")
+        return self
+
     def digest(self) -> str:
-        """A short hash of every setting: two runs measured under different settings are different runs."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """A short hash of every setting that can change a measurement: different settings, different runs.
+
+        Tables this runtime does not read, and an untouched [power] table, are left out, so adding a runtime to
+        edgeprune does not change the digest (and the run keys) of existing targets.
+        """
+        skip = {table for table, runtimes in RUNTIME_TABLES.items() if self.runtime not in runtimes}
+        if self.power == PowerSettings():
+            skip.add("power")
+        return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).hexdigest()[:16]
 
 
 def _find(spec: str) -> Path:

@@ -31,7 +31,7 @@ from torch import nn
 
 import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
-from edgeprune.export import check_export, export_onnx, sha256_file, state_dict_hash, to_numpy
+from edgeprune.export import Artifact, build_artifact, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy
 from edgeprune.plan import Plan, prune_uniform
@@ -201,10 +201,9 @@ class _Loop:
         self.steps: list[StepRecord] = []
 
     # -- one measurement -------------------------------------------------------------------------------------
-    def measure(self, model: nn.Module, name: str) -> tuple[Path, Latency]:
-        path = export_onnx(model, self.inputs, self.work / f"{name}.onnx")
-        check_export(model, self.inputs, path, self.runtime)
-        return path, self.runtime.latency(path, to_numpy(self.inputs))
+    def measure(self, model: nn.Module, name: str) -> tuple[Artifact, Latency]:
+        artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
+        return artifact, self.runtime.latency(artifact.built, to_numpy(self.inputs))
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return {k: float(v) for k, v in self.task.evaluate(model).items()}
@@ -232,7 +231,7 @@ class _Loop:
                 f"already outside the metric budget {self.metric_budget}"
             )
         self.log(f"dense {self.metric_budget.metric}={self.dense_value:.4g}; measuring dense latency")
-        _, dense_latency = self.measure(dense_model, "dense")
+        self.dense_artifact, dense_latency = self.measure(dense_model, "dense")
         macs, params = self.count(dense_model)
         dense = StepRecord(0, 0.0, "dense", dense_metrics, dense_latency.to_dict(), macs, params, 0.0, "",
                            time.perf_counter() - start)
@@ -333,17 +332,18 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
     loop.log("writing the bundle: ONNX export, profiles, report")
     plan.save(folder / "plan.json")
     torch.save(model.state_dict(), folder / "weights.pt")
-    onnx_path = export_onnx(model, loop.inputs, folder / "model.onnx")
-    max_err = check_export(model, loop.inputs, onnx_path, loop.runtime)
+    artifact = build_artifact(model, loop.inputs, loop.runtime, folder, "model", loop.target.precision)
     graph = ComponentGraph(copy.deepcopy(model), loop.inputs, **loop.graph_args)
     components = graph.components
     provenance = {"target": loop.target.name, "runtime": loop.runtime.name, **loop.runtime.versions(),
                   "device": loop.target.device, "precision": loop.target.precision, "task": loop.task.name,
                   "input_shapes": [list(t.shape) for t in loop.inputs]}
-    for name, path, weights in (("profile-dense", loop.work / "dense.onnx", loop.dense_hash),
-                                ("profile", onnx_path, state_dict_hash(model))):
-        frame = loop.runtime.profile(path, to_numpy(loop.inputs))
-        save_profile(attribute(frame, path, components, {**provenance, "model_hash": weights}), folder / f"{name}.csv")
+    for name, built, weights in (("profile-dense", loop.dense_artifact, loop.dense_hash),
+                                 ("profile", artifact, state_dict_hash(model))):
+        frame = loop.runtime.profile(built.built, to_numpy(loop.inputs))
+        onnx_path = built.exported if loop.runtime.source == "onnx" else None
+        save_profile(attribute(frame, onnx_path, components, {**provenance, "model_hash": weights}),
+                     folder / f"{name}.csv")
     metric = loop.metric_budget.metric
     pruned_value = final.metrics[metric]
     manifest: dict[str, object] = {
@@ -365,7 +365,7 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
                        "holds": loop.metric_budget.holds(pruned_value, loop.dense_value)},
         },
         "dense": asdict(outcome.dense),
-        "pruned": {**asdict(final), "onnx_max_abs_error": max_err,
+        "pruned": {**asdict(final), "max_abs_error": artifact.max_abs_error,
                    "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
         "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},
         "steps": [asdict(s) for s in loop.steps],

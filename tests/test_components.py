@@ -124,5 +124,5 @@ def test_per_component_ratio_caps_one_component() -> None:
     assert pruned.critic[0].out_features == 64 and pruned.actor[0].out_features == 32
     with torch.no_grad():
         assert pruned(*obs)[1].shape == (4, 1)
-    with pytest.raises(PlanError, match="unknown components: policy"):
+    with pytest.raises(PlanError, match=r"unknown components \(or ones with no prunable group\): policy"):
         prune_uniform(model, plan, 0.5, obs, 8, "joint", {"policy": 0.1}, output_layers=outputs)

@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 from onnx import numpy_helper
 
 from edgeprune.export import ExportMismatch, check_export, export_onnx, to_numpy
 from edgeprune.profiling import attribute, load_profile, node_modules, save_profile
 from edgeprune.runtimes import get_runtime
+from edgeprune.runtimes.onnxruntime import node_times
 
 
 def test_export_matches_torch(tmp_path: Path, two_part, image, fast_target) -> None:
@@ -69,3 +71,39 @@ def test_conv_with_folded_batch_norm_is_attributed_to_the_conv(tmp_path: Path, t
     modules = node_modules(export_onnx(two_part, image, tmp_path / "d.onnx"))
     assert "encoder.1" not in modules.values()
     assert sum(m == "encoder.0" for m in modules.values()) == 1
+
+
+def test_node_times_drop_warm_up_and_resist_a_preempted_run() -> None:
+    """Events in ORT's profile format: two warm-up inferences, then three timed ones, one of them preempted."""
+    events = []
+    for run, (conv, relu) in enumerate([(900.0, 90.0), (800.0, 80.0), (100.0, 10.0), (5000.0, 12.0), (110.0, 11.0)]):
+        ts = 1000 * run
+        events.append({"cat": "Session", "name": "model_run", "ts": ts, "dur": 500})
+        events.append({"cat": "Node", "name": "node_Conv_0_kernel_time", "ts": ts + 1, "dur": conv,
+                       "args": {"op_name": "Conv", "provider": "CPUExecutionProvider"}})
+        events.append({"cat": "Node", "name": "node_relu_kernel_time", "ts": ts + 2, "dur": relu,
+                       "args": {"op_name": "Relu", "provider": "CPUExecutionProvider"}})
+    table = node_times(events, runs=3).set_index("layer")
+    assert table.loc["node_Conv_0", "time_ms"] == pytest.approx(0.110)  # median of 100, 5000, 110 µs
+    assert table.loc["node_relu", "time_ms"] == pytest.approx(0.011) and table.loc["node_relu", "op_type"] == "Relu"
+    with pytest.raises(ValueError, match="holds 5 inferences, expected at least 6"):
+        node_times(events, runs=6)
+
+
+def test_engine_and_torch_rows_are_attributed_too(tmp_path: Path, two_part, image) -> None:
+    """Engine layers name the ONNX nodes they cover; torch rows carry their module already."""
+    path = export_onnx(two_part, image, tmp_path / "d.onnx")
+    modules = node_modules(path)
+    conv = next(n for n, m in modules.items() if m == "encoder.0")
+    relu = next(n for n, m in modules.items() if m != "encoder.0" and m.startswith("encoder"))
+    engine = pd.DataFrame({"layer": [f"{conv} + {relu}", "Reformatting CopyNode for Input Tensor 0"],
+                           "op_type": ["CaskConvolution", "Reformat"], "time_ms": [0.3, 0.1],
+                           "onnx_nodes": [[conv, relu], []]})
+    frame = attribute(engine, path, {"encoder": ["encoder"]}, {"runtime": "tensorrt"})
+    assert frame["module"].tolist() == ["encoder.0", ""] and frame["component"].tolist() == ["encoder", ""]
+    assert frame["share"].tolist() == pytest.approx([0.75, 0.25])
+    torch_rows = pd.DataFrame({"layer": ["decoder.1"], "op_type": ["ConvTranspose2d"], "time_ms": [0.2],
+                               "module": ["decoder.1"]})
+    assert attribute(torch_rows, None, {"decoder": ["decoder"]}, {})["component"].tolist() == ["decoder"]
+    with pytest.raises(ValueError, match="needs the ONNX model"):
+        attribute(engine.drop(columns="onnx_nodes"), None, {}, {})

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import onnx
 import pandas as pd
 import pytest
+from onnx import TensorProto, helper
 
+from edgeprune.runtimes import RuntimeFailure, RuntimeMissing, get_runtime, trtexec
 from edgeprune.runtimes.trtexec import (
+    TrtexecRuntime,
     attribute_engine,
+    build_command,
     load_layer_info,
     load_profile_json,
     onnx_nodes_of_layer,
     parse_perf_summary,
+    profile_command,
+    run_command,
     summarize,
+    timing_command,
+    trt_version,
 )
+from edgeprune.targets import Target, load_target
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec"
 DOC = Path(__file__).parent / "fixtures" / "trtexec-documented"
@@ -177,3 +190,200 @@ def test_perf_summary_newer_percentiles_and_timestamps() -> None:
     assert (gpu["min"], gpu["median"], gpu["percentile(90%)"], gpu["percentile(99%)"]) == (0.946, 0.97, 1.0, 1.09)
     assert not math.isnan(summary["Total Host Walltime"])  # type: ignore[arg-type]
     assert parse_perf_summary("[I] nothing here") == {}
+
+
+# --- TrtexecRuntime against a fake trtexec -------------------------------------------------------------------
+
+#: A FAKE trtexec (NVIDIA's real one needs an NVIDIA GPU): a Python script that accepts only real trtexec flags,
+#: logs its argv, writes the real fixture files where --exportLayerInfo/--exportProfile point, and prints the
+#: real run's log for a timing run. FAKE_TRTEXEC_BANNER sets the version banner; FAKE_TRTEXEC_FAIL makes it fail.
+FAKE_TRTEXEC = '''#!{python}
+"""FAKE trtexec for edgeprune's tests."""
+import array, json, os, shutil, sys
+from pathlib import Path
+FLAGS = {{"--onnx", "--saveEngine", "--timingCacheFile", "--fp16", "--int8", "--memPoolSize",
+         "--builderOptimizationLevel", "--profilingVerbosity", "--exportLayerInfo", "--skipInference", "--loadEngine",
+         "--warmUp", "--iterations", "--duration", "--avgRuns", "--percentile", "--noDataTransfers", "--useSpinWait",
+         "--dumpProfile", "--separateProfileRun", "--exportProfile", "--loadInputs", "--exportOutput", "--device",
+         "--useDLACore", "--allowGPUFallback", "--sparsity", "--help"}}
+args = sys.argv[1:]
+with open(os.environ["FAKE_TRTEXEC_ARGV"], "a") as fh:
+    fh.write(json.dumps(args) + "\\n")
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v" + os.environ.get("FAKE_TRTEXEC_BANNER", "100300") + "] # trtexec")
+opts = dict(a.partition("=")[::2] for a in args)
+for flag in opts:
+    if flag not in FLAGS:
+        print("[E] Unknown option: " + flag)
+        sys.exit(1)
+if os.environ.get("FAKE_TRTEXEC_FAIL"):
+    print("[I] Loading ...")
+    print("[E] Error[4]: [network.cpp::validate::3100] Error Code 4: Internal Error (input: dynamic shape)")
+    print("[E] Engine could not be created from network")
+    print("&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec " + " ".join(args))
+    sys.exit(1)
+if "--help" in opts:
+    print("=== Model Options ===")
+elif "--onnx" in opts:
+    assert "--skipInference" in opts and opts["--profilingVerbosity"] == "detailed", args
+    Path(opts["--saveEngine"]).write_bytes(b"fake plan")
+    shutil.copy({layers!r}, opts["--exportLayerInfo"])
+    if "--timingCacheFile" in opts:
+        cache = Path(opts["--timingCacheFile"])
+        cache.write_text(str(int(cache.read_text()) + 1) if cache.exists() else "1")
+elif "--loadEngine" in opts:
+    assert Path(opts["--loadEngine"]).read_bytes() == b"fake plan"
+    print("[I] Selected Device: NVIDIA Jetson AGX Orin")
+    if "--exportProfile" in opts:
+        shutil.copy({profile!r}, opts["--exportProfile"])
+    elif "--exportOutput" in opts:
+        name, _, path = opts["--loadInputs"].partition(":")
+        values = [2 * v for v in array.array("f", Path(path).read_bytes())]
+        Path(opts["--exportOutput"]).write_text(json.dumps([{{"name": "y", "dimensions": "1x4", "values": values}}]))
+    else:
+        print(Path({log!r}).read_text())
+print("&&&& PASSED TensorRT.trtexec [TensorRT v100300] # trtexec")
+'''
+
+
+@pytest.fixture
+def fake_trtexec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = _real("fp16")
+    exe = tmp_path / "bin" / "trtexec"
+    exe.parent.mkdir()
+    exe.write_text(FAKE_TRTEXEC.format(python=sys.executable, layers=str(folder / f"{ENGINE}.graph.json"),
+                                       profile=str(folder / f"{ENGINE}.profile.json"),
+                                       log=str(DOC / "resnet18-a100-fp16.log")))
+    exe.chmod(0o755)
+    monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(tmp_path / "argv.jsonl"))
+    return exe
+
+
+def _argv(tmp_path: Path) -> list[list[str]]:
+    return [json.loads(line) for line in (tmp_path / "argv.jsonl").read_text().splitlines()]
+
+
+def _jetson(exe: Path | str, **changes: Any) -> Target:
+    """The shipped AGX Orin target, made local and pointed at ``exe``, with few runs (validated again)."""
+    data = load_target("jetson-orin-agx").model_dump(exclude_unset=True)
+    data.update(device="local", measure={"runs": 20, "repeats": 2, "profile_runs": 10})
+    data["tensorrt"] = {**data["tensorrt"], "trtexec": str(exe), **changes.pop("tensorrt", {})}
+    return Target.model_validate({**data, **changes})
+
+
+def _tiny_onnx(path: Path) -> Path:
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="act")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_command_lines_are_exact() -> None:
+    settings = _jetson("/x/trtexec").tensorrt
+    measure = _jetson("/x/trtexec").measure
+    assert build_command("trtexec", Path("m.onnx"), Path("o/m.plan"), settings, ("fp16",), Path("o/t.cache")) == [
+        "trtexec", "--onnx=m.onnx", "--saveEngine=o/m.plan", "--timingCacheFile=o/t.cache", "--fp16",
+        "--memPoolSize=workspace:4096M", "--builderOptimizationLevel=3", "--profilingVerbosity=detailed",
+        "--exportLayerInfo=o/m.layers.json", "--skipInference",
+    ]
+    dla = settings.model_copy(update={"dla_core": 1, "sparse_weights": True, "device": 2})
+    assert build_command("trtexec", Path("m.onnx"), Path("m.plan"), dla, (), None)[3:] == [
+        "--memPoolSize=workspace:4096M", "--builderOptimizationLevel=3", "--profilingVerbosity=detailed",
+        "--exportLayerInfo=m.layers.json", "--device=2", "--useDLACore=1", "--allowGPUFallback", "--sparsity=enable",
+        "--skipInference",
+    ]
+    assert timing_command("trtexec", Path("m.plan"), settings, measure) == [
+        "trtexec", "--loadEngine=m.plan", "--warmUp=500", "--iterations=20", "--duration=0", "--avgRuns=1",
+        "--percentile=10,90", "--noDataTransfers", "--useSpinWait",
+    ]
+    assert profile_command("trtexec", Path("m.plan"), Path("p.json"), settings, measure) == [
+        "trtexec", "--loadEngine=m.plan", "--warmUp=500", "--iterations=10", "--duration=0", "--noDataTransfers",
+        "--dumpProfile", "--separateProfileRun", "--exportProfile=p.json",
+    ]
+    assert run_command("trtexec", Path("m.plan"), [("x", Path("x.bin")), ("in:0", Path("y.bin"))], Path("o.json"),
+                       dla) == [
+        "trtexec", "--loadEngine=m.plan", "--loadInputs=x:x.bin,'in:0':y.bin", "--exportOutput=o.json",
+        "--iterations=1", "--duration=0", "--warmUp=0", "--device=2", "--useDLACore=1",
+    ]
+
+
+def test_trtexec_runtime_builds_times_profiles_and_runs(fake_trtexec: Path, tmp_path: Path) -> None:
+    target = _jetson(fake_trtexec)
+    runtime = get_runtime(target)
+    assert isinstance(runtime, TrtexecRuntime) and runtime.source == "onnx"
+    onnx_path = _tiny_onnx(tmp_path / "m.onnx")
+    plan = runtime.build(onnx_path, tmp_path / "out")
+    cache = tmp_path / "out" / "timing-jetson-orin-agx-trt10.3.0.cache"
+    assert plan == tmp_path / "out" / "m.plan" and cache.read_text() == "1"
+    runtime.build(onnx_path, tmp_path / "out")
+    assert cache.read_text() == "2"  # the second build was handed the first one's cache
+    argv = _argv(tmp_path)
+    assert argv[0] == ["--help"]  # the version banner decides --fp16 (TensorRT ≤ 10) or not
+    assert argv[1] == build_command(str(fake_trtexec), onnx_path, plan, target.tensorrt, ("fp16",), cache)[1:]
+    assert "--fp16" in argv[1]
+
+    with pytest.warns(UserWarning, match="no 10/90 % percentiles"):
+        latency = runtime.latency(plan, [np.zeros((1, 4), np.float32)])
+    # the real run's summary: median of GPU Compute Time per process; it prints no 10/90 % percentiles: min/max
+    assert latency.repeats_ms == (0.862183, 0.862183)
+    assert (latency.p10_ms, latency.p90_ms) == (0.856049, 0.872559)
+    assert _argv(tmp_path)[-1] == timing_command(str(fake_trtexec), plan, target.tensorrt, target.measure)[1:]
+
+    frame = runtime.profile(plan, [np.zeros((1, 4), np.float32)])
+    real = _real("fp16")
+    expected = attribute_engine(load_profile_json(real / f"{ENGINE}.profile.json"),
+                                load_layer_info(real / f"{ENGINE}.graph.json"))
+    assert frame["layer"].tolist() == expected["layer"].tolist()
+    assert frame["time_ms"].tolist() == pytest.approx(expected["time_ms"].tolist(), abs=1e-12)
+    # the engine was built from m.onnx, whose only node is "act": no ResNet layer maps to it, and all of the
+    # time is reported as unattributed rather than dropped
+    assert all(nodes == [] for nodes in frame["onnx_nodes"])
+    assert frame.attrs["unattributed_ms"] == pytest.approx(expected["own_ms"].sum(), abs=1e-9)
+    assert frame.attrs["attributed_ms"] == 0.0
+    assert (tmp_path / "out" / "m.profile.json").is_file()
+
+    (y,) = runtime.run(plan, [np.array([[1, -2, 3, 4]], np.float32)])
+    np.testing.assert_array_equal(y, [[2, -4, 6, 8]])
+    assert runtime.versions() == {"trtexec": str(fake_trtexec), "tensorrt": "10.3.0", "gpu": "NVIDIA Jetson AGX Orin"}
+
+
+def test_trtexec_11_gets_no_precision_flags(fake_trtexec: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_TRTEXEC_BANNER", "110000")
+    runtime = get_runtime(_jetson(fake_trtexec))
+    with pytest.raises(RuntimeFailure, match="TensorRT 11 takes precision from the ONNX"):
+        runtime.build(_tiny_onnx(tmp_path / "m.onnx"), tmp_path)
+    fp32 = get_runtime(_jetson(fake_trtexec, precision="fp32"))
+    fp32.build(_tiny_onnx(tmp_path / "m.onnx"), tmp_path)
+    assert not any(a in ("--fp16", "--int8") for a in _argv(tmp_path)[-1])
+
+
+@pytest.mark.parametrize(("banner", "version"), [("[TensorRT v100500] [b18]", "10.5.0"), ("[TensorRT v8601]", "8.6.1"),
+                                                 ("[TensorRT v110000]", "11.0.0"), ("[TensorRT v8]", "8"),
+                                                 ("TensorRT", None)])
+def test_version_from_the_banner(banner: str, version: str | None) -> None:
+    assert trt_version(f"&&&& RUNNING TensorRT.trtexec {banner} # trtexec --help") == version
+
+
+def test_trtexec_errors(fake_trtexec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(RuntimeMissing, match="trtexec not found at /nonexistent/trtexec"):
+        get_runtime(_jetson("/nonexistent/trtexec"))
+    monkeypatch.setattr(trtexec, "DEFAULT_TRTEXEC", str(tmp_path / "nowhere" / "trtexec"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    data = _jetson(fake_trtexec).model_dump(exclude_unset=True)
+    data["tensorrt"].pop("trtexec")
+    with pytest.raises(RuntimeMissing, match="trtexec not found at .*nowhere/trtexec or on PATH"):
+        get_runtime(Target.model_validate(data))
+    monkeypatch.setenv("PATH", str(fake_trtexec.parent))
+    assert get_runtime(Target.model_validate(data)).exe == str(fake_trtexec)  # found on PATH
+
+    with pytest.raises(RuntimeMissing, match="runs on ssh://user@jetson-agx.local"):
+        get_runtime(load_target("jetson-orin-agx"))
+
+    runtime = get_runtime(_jetson(fake_trtexec))
+    monkeypatch.setenv("FAKE_TRTEXEC_FAIL", "1")
+    with pytest.raises(RuntimeFailure) as err:
+        runtime.build(_tiny_onnx(tmp_path / "m.onnx"), tmp_path)
+    assert str(err.value) == "trtexec build of m.onnx failed (exit 1): [E] Engine could not be created from network"
+    (tmp_path / "m.plan").write_bytes(b"fake plan")
+    with pytest.raises(RuntimeFailure, match=r"^trtexec profile of m.plan failed \(exit 1\): \[E\] Engine could not"):
+        runtime.profile(tmp_path / "m.plan", [])

@@ -10,7 +10,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 
 class RuntimeMissing(RuntimeError):
-    """An optional dependency of a runtime is not installed."""
+    """An optional dependency of a runtime (a package, an executable, a CUDA device) is not there."""
+
+
+class RuntimeFailure(RuntimeError):
+    """A runtime was there but could not build or run the model; the message is one line saying why."""
 
 
 @dataclass(frozen=True)
@@ -52,25 +56,51 @@ class Latency:
 
 
 class Runtime(Protocol):
-    """What every runtime offers: run, end-to-end latency, per-layer profile, and its own versions."""
+    """What every runtime offers: build, run, end-to-end latency, per-layer profile, and its own versions.
+
+    A runtime starts from an exported model of its ``source`` format ("onnx": ``export_onnx``; "pt2":
+    ``export_pt2``), turns it into what it executes with ``build`` (the ONNX itself, a TensorRT plan, the .pt2),
+    and ``run``/``latency``/``profile`` take that built artefact.
+    """
 
     name: str
+    source: Literal["onnx", "pt2"]
 
     def versions(self) -> dict[str, str]: ...
+
+    def build(self, exported: Path, folder: Path) -> Path:
+        """The artefact this runtime executes, made from ``exported``; build products go to ``folder``."""
+        ...
 
     def run(self, model: Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency: ...
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
-        """One row per runtime layer/node: ``layer``, ``op_type``, ``time_ms`` (mean per inference)."""
+        """One row per runtime layer/node: ``layer``, ``op_type``, ``time_ms`` (mean per inference).
+
+        Engine runtimes add ``onnx_nodes`` (list of the ONNX nodes a layer covers) and keep time that maps to no
+        node as rows of their own, totalled in ``attrs["unattributed_ms"]``.
+        """
         ...
 
 
 def get_runtime(target: Target) -> Runtime:
-    """The runtime a target names, configured by the target."""
+    """The runtime a target names, configured by the target; optional dependencies are imported here, lazily."""
     if target.runtime == "onnxruntime":
         from edgeprune.runtimes.onnxruntime import OrtRuntime
 
         return OrtRuntime(target)
+    if target.runtime == "tensorrt":
+        from edgeprune.runtimes.tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime(target)
+    if target.runtime == "trtexec":
+        from edgeprune.runtimes.trtexec import TrtexecRuntime
+
+        return TrtexecRuntime(target)
+    if target.runtime == "torch-cuda":
+        from edgeprune.runtimes.torch_cuda import TorchCudaRuntime
+
+        return TorchCudaRuntime(target)
     raise RuntimeMissing(f"runtime {target.runtime!r} is not available in this edgeprune")

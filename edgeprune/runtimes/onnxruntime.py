@@ -7,6 +7,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +28,7 @@ class OrtRuntime:
     """ONNX Runtime configured by a target's ``[onnxruntime]`` and ``[measure]`` tables."""
 
     name = "onnxruntime"
+    source: Literal["onnx", "pt2"] = "onnx"
 
     def __init__(self, target: Target) -> None:
         self.settings = target.onnxruntime
@@ -40,6 +42,10 @@ class OrtRuntime:
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": ort.__version__, "providers": ",".join(self.settings.providers)}
+
+    def build(self, exported: Path, folder: Path) -> Path:
+        """ONNX Runtime executes the ONNX file itself (it optimises the graph when a session opens)."""
+        return exported
 
     def _session(self, model: Path, profile_dir: Path | None = None) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -94,10 +100,12 @@ class OrtRuntime:
 
 
 def node_times(events: list[dict], runs: int) -> pd.DataFrame:
-    """Per-node mean kernel time (ms per inference) over the last ``runs`` inferences of an ORT profile.
+    """Per-node kernel time (ms per inference) over the last ``runs`` inferences of an ORT profile.
 
     ORT writes one "Session"/"model_run" event per inference and "Node" events named ``<node>_kernel_time``
-    with ``dur`` in µs; warm-up inferences are dropped by starting at the ``runs``-th last model_run.
+    with ``dur`` in µs; warm-up inferences are dropped by starting at the ``runs``-th last model_run. A node's
+    time is the median of its runs (times its runs per inference): a few runs preempted by another process
+    would otherwise double a sub-millisecond node's mean.
     """
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     if len(starts) < runs:
@@ -115,7 +123,8 @@ def node_times(events: list[dict], runs: int) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=["layer", "op_type", "provider", "dur_us"])
     table = frame.groupby("layer", sort=False).agg(
-        op_type=("op_type", "first"), provider=("provider", "first"), total_us=("dur_us", "sum")
+        op_type=("op_type", "first"), provider=("provider", "first"), median_us=("dur_us", "median"),
+        calls=("dur_us", "size"),
     )
-    table["time_ms"] = table["total_us"] / 1000.0 / runs
-    return table.drop(columns="total_us").reset_index()
+    table["time_ms"] = table["median_us"] * (table["calls"] / runs) / 1000.0
+    return table.drop(columns=["median_us", "calls"]).reset_index()

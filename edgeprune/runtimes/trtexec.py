@@ -1,20 +1,36 @@
-"""Parse trtexec's outputs (``--exportProfile``, ``--exportLayerInfo``, the log) and attribute engine-layer time.
+"""trtexec: parse its outputs (``--exportProfile``, ``--exportLayerInfo``, the log), attribute engine-layer time,
+and run it as a runtime (:class:`TrtexecRuntime`).
 
-Pure parsing, no TensorRT import: the files are produced on the device and read anywhere. An engine layer fuses
-several ONNX nodes, so its time is mapped to ONNX nodes (from the parser's Metadata stamp when the engine has it,
-else from the layer name) and from there to PyTorch modules; format copies TensorRT inserts are folded into
-the layer they feed, so their cost lands on the layer whose chosen format caused them.
+No TensorRT import: the files are produced on the device and read anywhere, and the parsers serve the Python-API
+runtime too. An engine layer fuses several ONNX nodes, so its time is mapped to ONNX nodes (from the parser's
+Metadata stamp when the engine has it, else from the layer name) and from there to PyTorch modules; format copies
+TensorRT inserts are folded into the layer they feed, so their cost lands on the layer whose chosen format caused
+them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
+
+from edgeprune.runtimes import Latency, RuntimeFailure, RuntimeMissing
+
+if TYPE_CHECKING:
+    from edgeprune.targets import MeasureSettings, Target, TensorRTSettings
 
 #: The ONNX parser stamps a layer's Metadata with one of these per source node, joined by \x1f when fused.
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: (.*)\]")
@@ -43,13 +59,17 @@ def _read_json(path: Path | str) -> Any:
 
 def load_profile_json(path: Path | str) -> pd.DataFrame:
     """``--exportProfile`` JSON -> one row per engine layer; ``time_ms`` is trtexec's per-inference average."""
-    data = _read_json(path)
+    return parse_profile(_read_json(path), str(path))
+
+
+def parse_profile(data: Any, source: str) -> pd.DataFrame:
+    """A parsed ``--exportProfile`` list (or the same built from ``IProfiler`` callbacks) -> one row per layer."""
     if not (isinstance(data, list) and data and isinstance(data[0], dict) and "count" in data[0]):
-        raise ValueError(f"{path}: not a trtexec profile (expected a list starting with {{'count': N}})")
+        raise ValueError(f"{source}: not a trtexec profile (expected a list starting with {{'count': N}})")
     rows = []
     for i, entry in enumerate(data[1:], start=1):
         if not isinstance(entry, dict) or not {"name", "averageMs"} <= entry.keys():
-            raise ValueError(f"{path}: entry {i} lacks 'name'/'averageMs': {str(entry)[:80]}")
+            raise ValueError(f"{source}: entry {i} lacks 'name'/'averageMs': {str(entry)[:80]}")
         rows.append({
             "layer": entry["name"],
             "time_ms": float(entry["averageMs"]),
@@ -57,7 +77,7 @@ def load_profile_json(path: Path | str) -> pd.DataFrame:
             "percentage": float(entry.get("percentage", math.nan)),
         })
     frame = pd.DataFrame(rows, columns=["layer", "time_ms", "median_ms", "percentage"])
-    frame.attrs.update(count=int(data[0]["count"]), source=str(path))
+    frame.attrs.update(count=int(data[0]["count"]), source=source)
     return frame
 
 
@@ -74,21 +94,25 @@ def _tensor_format(tensor: dict[str, Any]) -> str:
 
 
 def load_layer_info(path: Path | str) -> pd.DataFrame:
-    """``--exportLayerInfo`` / engine-inspector JSON -> one row per engine layer.
+    """``--exportLayerInfo`` JSON -> one row per engine layer (see :func:`parse_layer_info`)."""
+    return parse_layer_info(_read_json(path), str(path))
+
+
+def parse_layer_info(data: Any, source: str) -> pd.DataFrame:
+    """Parsed layer-info JSON (``--exportLayerInfo`` or the engine inspector's) -> one row per engine layer.
 
     Layers may be plain names (no detailed profiling verbosity): then only ``layer`` is filled. Engine I/O
     names go to ``attrs["io_tensors"]`` from TRT ≤ 10's "Bindings" list or TRT 11's "I/O Tensors" objects.
     """
-    data = _read_json(path)
     if not (isinstance(data, dict) and isinstance(data.get("Layers"), list)):
-        msg = f"{path}: not a TensorRT layer-info JSON (expected an object with a 'Layers' list)"
+        msg = f"{source}: not a TensorRT layer-info JSON (expected an object with a 'Layers' list)"
         raise ValueError(msg)  # noqa: TRY004 - a malformed file, not a caller's type error
     rows = []
     for i, layer in enumerate(data["Layers"]):
         if isinstance(layer, str):
             layer = {"Name": layer}
         if not isinstance(layer, dict) or "Name" not in layer:
-            raise ValueError(f"{path}: layer {i} has no 'Name': {str(layer)[:80]}")
+            raise ValueError(f"{source}: layer {i} has no 'Name': {str(layer)[:80]}")
         tensors = [*layer.get("Inputs", []), *layer.get("Outputs", [])]
         rows.append({
             "layer": layer["Name"],
@@ -101,7 +125,7 @@ def load_layer_info(path: Path | str) -> pd.DataFrame:
         })
     frame = pd.DataFrame(rows, columns=["layer", "layer_type", "inputs", "outputs", "formats", "onnx_nodes", "tactic"])
     io = data.get("I/O Tensors", data.get("Bindings", []))
-    frame.attrs.update(io_tensors=[t["Name"] if isinstance(t, dict) else str(t) for t in io], source=str(path))
+    frame.attrs.update(io_tensors=[t["Name"] if isinstance(t, dict) else str(t) for t in io], source=source)
     return frame
 
 
@@ -170,14 +194,39 @@ def attribute_engine(
     return frame
 
 
-def summarize(frame: pd.DataFrame) -> dict[str, float]:
-    """Total measured time and how much of it reached a module; attributed + unattributed == total."""
+def summarize(frame: pd.DataFrame, by: Literal["module", "onnx_nodes"] = "module") -> dict[str, float]:
+    """Total measured time and how much of it reached a module (or, ``by="onnx_nodes"``, any ONNX node).
+
+    attributed + unattributed == total, checked: time is moved between rows, never dropped.
+    """
     total = float(frame["own_ms"].sum())
-    attributed = float(frame.loc[frame["module"] != "", "time_ms"].sum())
-    unattributed = float(frame.loc[frame["module"] == "", "time_ms"].sum())
+    if by == "module":
+        reached = frame["module"] != ""
+    else:
+        reached = frame["onnx_nodes"].map(len) > 0
+    attributed = float(frame.loc[reached, "time_ms"].sum())
+    unattributed = float(frame.loc[~reached, "time_ms"].sum())
     if not math.isclose(attributed + unattributed, total, rel_tol=1e-9, abs_tol=1e-12):
         raise AssertionError(f"attribution lost time: {attributed} + {unattributed} != {total}")
     return {"total_ms": total, "attributed_ms": attributed, "unattributed_ms": unattributed}
+
+
+def engine_profile(
+    profile: pd.DataFrame, layer_info: pd.DataFrame | None = None, onnx_nodes: Collection[str] | None = None
+) -> pd.DataFrame:
+    """A runtime profile of an engine, the same for trtexec and the Python API: one row per engine layer.
+
+    Rows are :func:`attribute_engine`'s (``layer``, ``op_type``, ``own_ms``, ``time_ms``, ``onnx_nodes`` as a
+    list, ``kind``, ``attributed_to``). With the ONNX graph's node names, names that are not nodes (TensorRT's
+    own layers, a parsed name that only looks like one) are dropped from ``onnx_nodes``, so a layer mapping to
+    no real node is counted in ``attrs["unattributed_ms"]`` rather than credited to nothing.
+    """
+    frame = attribute_engine(profile, layer_info)
+    if onnx_nodes is not None:
+        known = set(onnx_nodes)
+        frame["onnx_nodes"] = [[n for n in nodes if n in known] for nodes in frame["onnx_nodes"]]
+    frame.attrs.update(summarize(frame, by="onnx_nodes"))
+    return frame
 
 
 def parse_perf_summary(log_text: str) -> dict[str, float | dict[str, float]]:
@@ -198,3 +247,331 @@ def parse_perf_summary(log_text: str) -> dict[str, float | dict[str, float]]:
         elif number := _NUMBER.match(rest.strip()):
             summary[key] = float(number.group(1))
     return summary
+
+
+# --- What a TensorRT build needs to know about its ONNX (shared by the trtexec and Python-API runtimes) -------
+
+#: trtexec's own path on JetPack and in NVIDIA's containers; otherwise it is looked up on PATH.
+DEFAULT_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
+_VERSION = re.compile(r"\[TensorRT v(\d+)\]")
+_DEVICE_LINE = re.compile(r"\[I\] (?:Selected Device|Device): (.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    """The ONNX model an engine was built from: its I/O, node names and numeric types.
+
+    Saved beside the plan (``<plan>.onnx.json``) because a plan alone names neither its ONNX nodes nor its inputs'
+    order, and trtexec needs both (attribution; ``--loadInputs``).
+    """
+
+    onnx: str
+    nodes: tuple[str, ...]
+    inputs: tuple[dict[str, Any], ...]  # {"name", "shape", "dtype"}
+    outputs: tuple[dict[str, Any], ...]
+    fp16: bool  # holds FP16 tensors (e.g. converted by ModelOpt AutoCast)
+    qdq: bool  # explicitly quantised (QuantizeLinear/DequantizeLinear nodes)
+
+    @classmethod
+    def of(cls, path: Path) -> OnnxFacts:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+
+        def io(values: Any) -> tuple[dict[str, Any], ...]:
+            return tuple(
+                {"name": v.name,
+                 "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+                for v in values if v.name not in initializers
+            )
+
+        half = onnx.TensorProto.FLOAT16
+        fp16 = (any(i.data_type == half for i in graph.initializer)
+                or any(v.type.tensor_type.elem_type == half for v in [*graph.input, *graph.output, *graph.value_info])
+                or any(n.op_type == "Cast" and any(a.name == "to" and a.i == half for a in n.attribute)
+                       for n in graph.node))
+        qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+        return cls(str(path), tuple(n.name for n in graph.node), io(graph.input), io(graph.output), fp16, qdq)
+
+    def save(self, plan: Path) -> None:
+        facts_path(plan).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, plan: Path) -> OnnxFacts | None:
+        """The facts saved beside ``plan``; None for a plan built elsewhere."""
+        path = facts_path(plan)
+        if not path.is_file():
+            return None
+        data = _read_json(path)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def dynamic_inputs(self) -> list[str]:
+        return [i["name"] for i in self.inputs if any(d < 0 for d in i["shape"])]
+
+
+def facts_path(plan: Path) -> Path:
+    return plan.with_suffix(".onnx.json")
+
+
+def layer_info_path(plan: Path) -> Path:
+    return plan.with_suffix(".layers.json")
+
+
+def precision_flags(precision: str, trt_major: int, facts: OnnxFacts) -> tuple[str, ...]:
+    """Builder precision flags ("fp16"/"int8") for a target's precision, or a one-line error saying what is missing.
+
+    TensorRT ≤ 10 lowers an FP32 ONNX to FP16 by flag. INT8 needs scales: edgeprune brings no calibration data
+    (and TensorRT 11 dropped calibrators), so INT8 is accepted only for an explicitly quantised (Q/DQ) ONNX.
+    TensorRT 11 removed the flags: networks are strongly typed and the ONNX's own types are the precision.
+    """
+    if precision == "fp32":
+        return ()
+    if precision == "int8" and not facts.qdq:
+        raise RuntimeFailure(f"precision int8 needs an explicitly quantised ONNX (Q/DQ nodes, e.g. from NVIDIA "
+                             f"ModelOpt); {Path(facts.onnx).name} has none and edgeprune does no INT8 calibration")
+    if trt_major >= 11:  # TensorRT 11: BuilderFlag.FP16/INT8 and trtexec --fp16/--int8 are gone
+        if precision == "fp16" and not facts.fp16:
+            raise RuntimeFailure(f"TensorRT {trt_major} takes precision from the ONNX and {Path(facts.onnx).name} is "
+                                 "FP32: convert it to FP16 first (ModelOpt AutoCast) or use precision fp32")
+        return ()
+    return (precision,)
+
+
+def trt_version(log_text: str) -> str | None:
+    """TensorRT version from trtexec's banner ``[TensorRT v100500]`` (10.5.0) or ``[TensorRT v8601]`` (8.6.1)."""
+    m = _VERSION.search(log_text)
+    if not m:
+        return None
+    n = int(m.group(1))
+    if n >= 100000:
+        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+    if n >= 1000:
+        return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+    return str(n)
+
+
+def last_log_line(text: str) -> str:
+    """The line that says why trtexec failed: its last error line, else its last line that is not the banner."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "[E]" in line or line.startswith("Error")]
+    if errors:
+        return errors[-1]
+    plain = [line for line in lines if not line.startswith("&&&&")]
+    return plain[-1] if plain else (lines[-1] if lines else "no output")
+
+
+# --- trtexec command lines (lists, never shell strings) -----------------------------------------------------
+
+def _device_flags(settings: TensorRTSettings) -> list[str]:
+    flags = [f"--device={settings.device}"] if settings.device else []
+    if settings.dla_core is not None:
+        flags.append(f"--useDLACore={settings.dla_core}")
+    return flags
+
+
+def build_command(exe: str, onnx: Path, plan: Path, settings: TensorRTSettings, flags: Sequence[str],
+                  timing_cache: Path | None) -> list[str]:
+    """Build a plan from ONNX, exporting the layer info (with ONNX-node Metadata) beside it; no inference."""
+    cmd = [exe, f"--onnx={onnx}", f"--saveEngine={plan}"]
+    if timing_cache is not None:
+        cmd.append(f"--timingCacheFile={timing_cache}")
+    cmd += [f"--{flag}" for flag in flags]
+    cmd += [f"--memPoolSize=workspace:{settings.workspace_mib}M",
+            f"--builderOptimizationLevel={settings.builder_optimization_level}",
+            "--profilingVerbosity=detailed", f"--exportLayerInfo={layer_info_path(plan)}"]
+    cmd += _device_flags(settings)
+    if settings.dla_core is not None and settings.allow_gpu_fallback:
+        cmd.append("--allowGPUFallback")
+    if settings.sparse_weights:
+        cmd.append("--sparsity=enable")
+    return [*cmd, "--skipInference"]
+
+
+def timing_command(exe: str, plan: Path, settings: TensorRTSettings, measure: MeasureSettings) -> list[str]:
+    """End-to-end timing: exactly ``runs`` inferences (``--duration=0``), each reported on its own (``--avgRuns=1``),
+    GPU compute only (inputs stay on the device), percentiles 10 and 90 in the summary."""
+    return [exe, f"--loadEngine={plan}", f"--warmUp={settings.warmup_ms}", f"--iterations={measure.runs}",
+            "--duration=0", "--avgRuns=1", "--percentile=10,90", "--noDataTransfers", "--useSpinWait",
+            *_device_flags(settings)]
+
+
+def profile_command(exe: str, plan: Path, profile: Path, settings: TensorRTSettings,
+                    measure: MeasureSettings) -> list[str]:
+    """Per-layer times from a profiling run kept apart from the timed run (the profiler perturbs timing)."""
+    return [exe, f"--loadEngine={plan}", f"--warmUp={settings.warmup_ms}", f"--iterations={measure.profile_runs}",
+            "--duration=0", "--noDataTransfers", "--dumpProfile", "--separateProfileRun",
+            f"--exportProfile={profile}", *_device_flags(settings)]
+
+
+def run_command(exe: str, plan: Path, inputs: Sequence[tuple[str, Path]], output: Path,
+                settings: TensorRTSettings) -> list[str]:
+    """One inference on given inputs (raw binary files), outputs written as JSON."""
+    spec = ",".join(f"{_quote(name)}:{path}" for name, path in inputs)
+    return [exe, f"--loadEngine={plan}", f"--loadInputs={spec}", f"--exportOutput={output}", "--iterations=1",
+            "--duration=0", "--warmUp=0", *_device_flags(settings)]
+
+
+def _quote(name: str) -> str:
+    """trtexec splits specs at ',' and the last ':'; a name holding either is wrapped in single quotes."""
+    return f"'{name}'" if ("," in name or ":" in name) else name
+
+
+def parse_outputs(data: Any, facts: OnnxFacts | None, source: str) -> list[np.ndarray]:
+    """``--exportOutput`` JSON (``[{"name", "dimensions": "1x10", "values": [...]}]``) -> arrays in ONNX order."""
+    if not isinstance(data, list) or not all(isinstance(d, dict) and {"name", "values"} <= d.keys() for d in data):
+        raise RuntimeFailure(f"{source}: not a trtexec --exportOutput file")
+    by_name = {d["name"]: d for d in data}
+    order = [o["name"] for o in facts.outputs] if facts else list(by_name)
+    dtypes = {o["name"]: o["dtype"] for o in facts.outputs} if facts else {}
+    missing = [n for n in order if n not in by_name]
+    if missing:
+        raise RuntimeFailure(f"{source}: trtexec wrote no output named {missing[0]!r}")
+    arrays = []
+    for name in order:
+        entry = by_name[name]
+        dims = [int(d) for d in str(entry.get("dimensions", "")).split("x") if d]
+        arrays.append(np.asarray(entry["values"], dtype=dtypes.get(name, "float32")).reshape(dims))
+    return arrays
+
+
+# --- The trtexec runtime ------------------------------------------------------------------------------------
+
+def find_trtexec(configured: str | None) -> str:
+    """The trtexec to run: the target's path, else TensorRT's install path, else PATH; missing -> RuntimeMissing."""
+    if configured:
+        if Path(configured).is_file() and os.access(configured, os.X_OK):
+            return configured
+        raise RuntimeMissing(f"trtexec not found at {configured} (the target's [tensorrt] trtexec)")
+    if Path(DEFAULT_TRTEXEC).is_file() and os.access(DEFAULT_TRTEXEC, os.X_OK):
+        return DEFAULT_TRTEXEC
+    found = shutil.which("trtexec")
+    if found:
+        return found
+    raise RuntimeMissing(f"trtexec not found at {DEFAULT_TRTEXEC} or on PATH: install TensorRT (JetPack ships it) "
+                         "or set [tensorrt] trtexec in the target")
+
+
+class TrtexecRuntime:
+    """TensorRT through its ``trtexec`` executable: no Python bindings needed, what Jetson boards ship.
+
+    Every step is one trtexec process; a repetition of the latency is a fresh process (a fresh context).
+    """
+
+    name = "trtexec"
+    source: Literal["onnx", "pt2"] = "onnx"
+
+    def __init__(self, target: Target) -> None:
+        if target.device != "local":
+            raise RuntimeMissing(f"target {target.name!r} runs on {target.device}: running trtexec on another "
+                                 "machine needs edgeprune's device layer; run edgeprune on the device with device = "
+                                 "'local'")
+        self.target_name, self.precision = target.name, target.precision
+        self.settings, self.measure = target.tensorrt, target.measure
+        self.exe = find_trtexec(self.settings.trtexec)
+        self._version: str | None = None
+        self._gpu: str | None = None
+
+    def _call(self, cmd: list[str], what: str) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.settings.timeout_s, check=False)
+        except (FileNotFoundError, PermissionError):
+            raise RuntimeMissing(f"trtexec not found or not executable at {cmd[0]}") from None
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailure(f"trtexec {what} took longer than {self.settings.timeout_s:g} s "
+                                 "([tensorrt] timeout_s)") from None
+        log = done.stdout + done.stderr
+        self._version = self._version or trt_version(log)
+        if m := _DEVICE_LINE.search(log):
+            self._gpu = m.group(1).strip()
+        if done.returncode != 0:
+            raise RuntimeFailure(f"trtexec {what} failed (exit {done.returncode}): {last_log_line(log)}")
+        return log
+
+    def version(self) -> str | None:
+        """TensorRT version from trtexec's banner (asked with ``--help`` once, else from any earlier call)."""
+        if self._version is None:
+            try:
+                self._call([self.exe, "--help"], "--help")
+            except RuntimeFailure:
+                pass  # the banner was parsed from the log before the exit code was looked at
+        return self._version
+
+    def versions(self) -> dict[str, str]:
+        return {"trtexec": self.exe, "tensorrt": self.version() or "unknown", "gpu": self._gpu or "unknown"}
+
+    def build(self, exported: Path, folder: Path) -> Path:
+        """``folder/<name>.plan`` from the ONNX, with its layer info and ONNX facts beside it.
+
+        The timing cache is ``folder/timing-<target>-trt<version>.cache``: caches are tied to one TensorRT
+        version and GPU, and every variant built into the same folder reuses it.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        facts = OnnxFacts.of(exported)
+        if facts.dynamic_inputs():
+            raise RuntimeFailure(f"{exported.name}: inputs {facts.dynamic_inputs()} have dynamic dimensions; "
+                                 "export with fixed shapes")
+        version = self.version()
+        major = int(version.split(".")[0]) if version else None
+        if major is None and self.precision != "fp32":
+            raise RuntimeFailure(f"cannot tell the TensorRT version of {self.exe} (no [TensorRT vN] banner), and "
+                                 f"precision {self.precision} depends on it")
+        flags = precision_flags(self.precision, major or 0, facts)
+        plan = folder / f"{exported.stem}.plan"
+        cache = folder / f"timing-{self.target_name}-trt{version or 'unknown'}.cache" if self.settings.timing_cache \
+            else None
+        self._call(build_command(self.exe, exported, plan, self.settings, flags, cache), f"build of {exported.name}")
+        if not plan.is_file():
+            raise RuntimeFailure(f"trtexec build of {exported.name} exited 0 but wrote no engine at {plan}")
+        facts.save(plan)
+        return plan
+
+    def run(self, model: Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        facts = OnnxFacts.load(model)
+        if facts is None:
+            raise RuntimeFailure(f"{facts_path(model)} is missing: build {model.name} with edgeprune so its inputs "
+                                 "are known")
+        if len(facts.inputs) != len(inputs):
+            raise ValueError(f"model takes {len(facts.inputs)} inputs, got {len(inputs)}")
+        with tempfile.TemporaryDirectory(prefix="edgeprune-trtexec-") as tmp:
+            files = []
+            for spec, array in zip(facts.inputs, inputs, strict=True):
+                path = Path(tmp) / f"input{len(files)}.bin"
+                np.ascontiguousarray(array, dtype=spec["dtype"]).tofile(path)
+                files.append((spec["name"], path))
+            out = Path(tmp) / "outputs.json"
+            self._call(run_command(self.exe, model, files, out, self.settings), f"run of {model.name}")
+            return parse_outputs(_read_json(out), facts, str(out))
+
+    def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
+        """GPU compute time per inference: per fresh trtexec process the median of ``runs`` inferences.
+
+        trtexec feeds its own random inputs (an engine's time does not depend on the values) and reports
+        statistics, not samples: p10/p90 are the medians over repetitions of each process's 10th/90th percentile
+        (its min/max when an older trtexec prints no such percentiles).
+        """
+        medians, p10s, p90s = [], [], []
+        for _ in range(self.measure.repeats):
+            log = self._call(timing_command(self.exe, model, self.settings, self.measure), f"timing of {model.name}")
+            gpu = parse_perf_summary(log).get("GPU Compute Time")
+            if not isinstance(gpu, dict) or "median" not in gpu:
+                raise RuntimeFailure(f"trtexec timing of {model.name} printed no 'GPU Compute Time' summary: "
+                                     f"{last_log_line(log)}")
+            medians.append(gpu["median"])
+            if not {"percentile(10%)", "percentile(90%)"} <= gpu.keys():
+                warnings.warn(f"{self.exe} printed no 10/90 % percentiles (TensorRT < 8.6?): p10/p90 are its min/max",
+                              stacklevel=2)
+            p10s.append(gpu.get("percentile(10%)", gpu.get("min", gpu["median"])))
+            p90s.append(gpu.get("percentile(90%)", gpu.get("max", gpu["median"])))
+        return Latency(tuple(medians), statistics.median(p10s), statistics.median(p90s))
+
+    def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
+        """Per-layer mean time over ``profile_runs`` inferences, joined with the build's layer info (``--exportProfile``
+        JSON kept beside the plan as ``<plan>.profile.json``)."""
+        out = model.with_suffix(".profile.json")
+        self._call(profile_command(self.exe, model, out, self.settings, self.measure), f"profile of {model.name}")
+        info_path = layer_info_path(model)
+        info = load_layer_info(info_path) if info_path.is_file() else None
+        facts = OnnxFacts.load(model)
+        return engine_profile(load_profile_json(out), info, facts.nodes if facts else None)

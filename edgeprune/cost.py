@@ -1,0 +1,292 @@
+"""Cost model: per group, what keeping k channels costs on the target — measured, not counted in FLOPs.
+
+Built by perturbing one group at a time from the dense model: the group is cut to each multiple of the target's
+granule, the perturbed model is exported and profiled on the target, and every runtime layer whose tensor shapes
+the cut changes (found from the ONNX graphs, so unaffected layers never pick up measurement noise) records its
+time. That per-group table (a LUT) is sampled at the granule; a keep count inside a step costs what the step's
+upper end costs (a partly filled block of channels runs as a full one), and values are interpolated only between
+samples of a sparser sweep (``stride`` > 1), never extrapolated.
+
+A plan is predicted layer by layer: a layer's dense time times, for every group that reshapes it, that group's
+measured time ratio at its keep count. Products, not sums, because a convolution between two pruned groups shrinks
+with both (halving both keeps a quarter of it). The layer sum is then calibrated against whole-model latency
+measurements (``latency ≈ scale · Σ layers + offset``: session overhead and the profiler's own overhead are not in
+the layer times).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from edgeprune.export import export_onnx, to_numpy
+from edgeprune.graph import ComponentGraph
+from edgeprune.plan import Plan, keep_count, prune_to_counts
+from edgeprune.profiling import ORT_FUSED
+from edgeprune.runtimes import Runtime
+
+FORMAT = "edgeprune.cost/1"
+
+
+class CostModelError(ValueError):
+    """A cost model does not fit the plan or model it is asked about."""
+
+
+class GroupLUT(BaseModel):
+    """One group's measured table: per runtime layer it reshapes, the layer's time at each sampled keep count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int
+    kept: tuple[int, ...] = Field(description="sampled keep counts, ascending; the last is the dense width")
+    layers: dict[str, tuple[float, ...]] = Field(description="layer -> ms at each sampled keep count")
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    points: tuple[tuple[float, float], ...] = Field((), description="(Σ predicted layer ms, measured ms) pairs")
+
+    @classmethod
+    def fit(cls, points: list[tuple[float, float]]) -> Calibration:
+        """Least squares ``measured = scale · layers + offset``; one point gives a pure scale."""
+        if not points:
+            return cls()
+        x, y = np.array(points).T
+        if len(points) == 1 or np.ptp(x) < 1e-9:
+            return cls(scale=float(y.mean() / x.mean()), points=tuple(points))
+        scale, offset = np.polyfit(x, y, 1)
+        return cls(scale=float(scale), offset_ms=float(offset), points=tuple(points))
+
+    def errors(self) -> list[float]:
+        """Relative error of the fitted line at each calibration point."""
+        return [abs(self.scale * x + self.offset_ms - y) / y for x, y in self.points]
+
+
+class CostModel(BaseModel):
+    """Per-group latency LUTs of one dense model on one target, calibrated; predicts any plan's latency."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: str = FORMAT
+    task: str
+    granule: int
+    dense_layers: dict[str, float] = Field(description="runtime layer -> ms in the dense model")
+    dense_ms: float = Field(description="the dense model's measured end-to-end latency")
+    groups: dict[str, GroupLUT]
+    calibration: Calibration = Calibration()
+    provenance: dict[str, object] = Field(default_factory=dict)
+
+    # -- prediction ------------------------------------------------------------------------------------------
+    def _ratio(self, lut: GroupLUT, layer: str, keep: int) -> float:
+        """Measured time ratio of ``layer`` with its group at ``keep`` channels (1.0 at the dense width)."""
+        times = lut.layers[layer]
+        dense = times[-1]
+        step = lut.width if lut.width <= self.granule else min(lut.width, math.ceil(keep / self.granule) * self.granule)
+        if step < lut.kept[0]:
+            raise CostModelError(f"keep {keep} is below the smallest sampled count {lut.kept[0]} of this group")
+        value = float(np.interp(step, lut.kept, times))
+        return value / dense if dense > 0 else 1.0
+
+    def layer_ms(self, counts: Mapping[str, int]) -> dict[str, float]:
+        """Predicted time of every runtime layer with group ``key`` keeping ``counts[key]`` channels."""
+        unknown = set(counts) - set(self.groups)
+        if unknown:
+            raise CostModelError(f"the cost model has no LUT for groups {', '.join(sorted(unknown))}")
+        times = dict(self.dense_layers)
+        for key, keep in counts.items():
+            lut = self.groups[key]
+            if keep >= lut.width:
+                continue
+            for layer in lut.layers:
+                times[layer] *= self._ratio(lut, layer, keep)
+        return times
+
+    def predict_ms(self, counts: Mapping[str, int] | Plan) -> float:
+        """Predicted end-to-end latency of a plan (or of per-group keep counts)."""
+        if isinstance(counts, Plan):
+            counts = plan_counts(counts)
+        raw = sum(self.layer_ms(counts).values())
+        return self.calibration.scale * raw + self.calibration.offset_ms
+
+    def staircase(self, key: str) -> list[tuple[int, float]]:
+        """Predicted latency of the model with only group ``key`` cut, at each sampled keep count."""
+        return [(k, self.predict_ms({key: k})) for k in self.groups[key].kept]
+
+    def calibrated(self, points: list[tuple[float, float]]) -> CostModel:
+        """This model recalibrated on ``(Σ predicted layer ms, measured end-to-end ms)`` pairs."""
+        return self.model_copy(update={"calibration": Calibration.fit(points)})
+
+    def raw_ms(self, counts: Mapping[str, int] | Plan) -> float:
+        """Σ predicted layer times, before calibration: the x of a calibration point."""
+        return sum(self.layer_ms(plan_counts(counts) if isinstance(counts, Plan) else counts).values())
+
+    # -- storage ---------------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> CostModel:
+        try:
+            return cls.model_validate_json(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CostModelError(f"cannot read cost model {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def plan_counts(plan: Plan) -> dict[str, int]:
+    return {key: len(group.keep) for key, group in plan.groups.items()}
+
+
+def sample_counts(width: int, granule: int, stride: int = 1) -> list[int]:
+    """Keep counts a group is measured at: every ``stride``-th multiple of the granule below its width (the
+    smallest always included), then the width. Groups no wider than a granule are never cut (see keep_count)."""
+    if width <= granule:
+        return [width]
+    steps = list(range(granule, width, granule))
+    picked = steps[::stride] if stride > 1 else steps
+    return sorted({steps[0], *picked, width})
+
+
+def node_shapes(path: Path) -> dict[str, tuple[tuple[int | str, ...], ...]]:
+    """ONNX node name -> the shapes of its inputs and outputs (after shape inference)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes: dict[str, tuple[int | str, ...]] = {}
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
+    for init in graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return {n.name: tuple(shapes.get(t, ()) for t in [*n.input, *n.output]) for n in graph.node}
+
+
+def covered_nodes(row: object) -> list[str]:
+    """The ONNX nodes a runtime layer (a profile row) covers: an engine layer lists them, an ORT node is one
+    (ORT names a node it fused from several after the first)."""
+    nodes = getattr(row, "onnx_nodes", None)
+    return list(nodes) if nodes is not None else [str(row.layer).removeprefix(ORT_FUSED)]
+
+
+def random_counts(plan: Plan, granule: int, rng: random.Random, groups: list[str] | None = None) -> dict[str, int]:
+    """A random plan's keep counts: one overall ratio in [0, 0.85) with per-group jitter, at the granule —
+    spread over light to heavy pruning, and never uniform, so predictions are tested off the sampled axes."""
+    level = rng.uniform(0.0, 0.85)
+    return {
+        key: keep_count(plan.groups[key].width, min(0.9, max(0.0, level + rng.gauss(0.0, 0.15))), granule)
+        for key in (groups if groups is not None else plan.groups)
+    }
+
+
+class CostModelBuilder:
+    """Measures a cost model; every measurement is appended to ``folder/samples.jsonl`` so a killed build resumes
+    where it stopped."""
+
+    def __init__(self, task_name: str, model: nn.Module, inputs: tuple, runtime: Runtime, granule: int,
+                 folder: Path, graph_args: Mapping[str, object], log: Callable[[str], None] = lambda _: None,
+                 repeats: int = 3) -> None:
+        self.task_name, self.model, self.inputs, self.runtime = task_name, model, inputs, runtime
+        self.granule, self.folder, self.graph_args, self.log = granule, folder, dict(graph_args), log
+        self.repeats = repeats
+        if runtime.source != "onnx":
+            raise CostModelError(f"cost models are measured through ONNX; runtime {runtime.name!r} runs "
+                                 f"{runtime.source} (not supported yet)")
+        self.graph = ComponentGraph(copy.deepcopy(model), inputs, **self.graph_args)  # type: ignore[arg-type]
+        self.plan = Plan.dense(task_name, self.graph)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.journal = folder / "samples.jsonl"
+        self.done: dict[str, dict] = {}
+        if self.journal.is_file():
+            for line in self.journal.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.done[record["id"]] = record
+        self.dense_shapes = node_shapes(export_onnx(model, inputs, folder / "dense.onnx"))
+
+    def _record(self, record: dict) -> dict:
+        self.done[record["id"]] = record
+        with self.journal.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return record
+
+    def pruned(self, counts: Mapping[str, int]) -> nn.Module:
+        if not counts:
+            return self.model
+        model, _ = prune_to_counts(self.model, self.plan, counts, self.inputs, "joint", "min", **self.graph_args)
+        return model
+
+    def _export(self, counts: Mapping[str, int], name: str) -> Path:
+        path = export_onnx(self.pruned(counts), self.inputs, self.folder / f"{name}.onnx")
+        return self.runtime.build(path, self.folder)
+
+    def profile(self, sample_id: str, counts: Mapping[str, int]) -> dict:
+        """Per-layer times of the model cut to ``counts`` (median over ``repeats`` fresh profiles: one profile of a
+        sub-millisecond layer can be off by 20 % when the machine is busy), with the layers the cut reshaped."""
+        if sample_id in self.done:
+            return self.done[sample_id]
+        path = self._export(counts, "sample")
+        frames = [self.runtime.profile(path, to_numpy(self.inputs)) for _ in range(self.repeats)]
+        times = pd.concat(frames).groupby("layer", sort=False)["time_ms"].median().astype(float).to_dict()
+        shapes = node_shapes(self.folder / "sample.onnx")
+        changed = sorted(row.layer for row in frames[0].itertuples()
+                         if any(shapes.get(n, ()) != self.dense_shapes.get(n, ()) for n in covered_nodes(row)))
+        # runtime-inserted layers (no ONNX node) are timed but never rescaled
+        unmapped = [row.layer for row in frames[0].itertuples()
+                    if not any(n in self.dense_shapes for n in covered_nodes(row))]
+        return self._record({"id": sample_id, "counts": dict(counts), "layers": times, "changed": changed,
+                             "unmapped": unmapped})
+
+    def latency(self, sample_id: str, counts: Mapping[str, int]) -> dict:
+        if sample_id in self.done:
+            return self.done[sample_id]
+        latency = self.runtime.latency(self._export(counts, "calibration"), to_numpy(self.inputs))
+        return self._record({"id": sample_id, "counts": dict(counts), "latency_ms": latency.median_ms})
+
+    def build(self, stride: int = 1, groups: list[str] | None = None, calibration_plans: int = 6,
+              seed: int = 0) -> CostModel:
+        keys = sorted(groups if groups is not None else self.graph.groups)
+        unknown = set(keys) - set(self.graph.groups)
+        if unknown:
+            raise CostModelError(f"not prunable groups of this model: {', '.join(sorted(unknown))}")
+        # the dense profile is taken twice (first and last) and averaged: slow drift of the machine cancels
+        dense_a = self.profile("dense", {})
+        luts: dict[str, GroupLUT] = {}
+        for key in keys:
+            width = self.graph.groups[key].width
+            counts = sample_counts(width, self.granule, stride)
+            samples = {k: self.profile(f"{key}@{k}", {key: k}) for k in counts[:-1]}
+            self.log(f"group {key}: {len(samples)} cuts profiled")
+            changed = sorted({layer for s in samples.values() for layer in s["changed"]})
+            luts[key] = GroupLUT(width=width, kept=tuple(counts), layers={
+                layer: (*(samples[k]["layers"].get(layer, 0.0) for k in counts[:-1]), dense_a["layers"][layer])
+                for layer in changed if layer in dense_a["layers"]
+            })
+        dense_b = self.profile("dense-end", {})
+        dense_layers = {layer: (t + dense_b["layers"].get(layer, t)) / 2 for layer, t in dense_a["layers"].items()}
+        # the dense LUT column must be the same dense time the ratios are taken against
+        luts = {key: lut.model_copy(update={"layers": {
+            layer: (*times[:-1], dense_layers[layer]) for layer, times in lut.layers.items()}})
+            for key, lut in luts.items()}
+        dense_ms = self.latency("latency-dense", {})["latency_ms"]
+        model = CostModel(task=self.task_name, granule=self.granule, dense_layers=dense_layers, dense_ms=dense_ms,
+                          groups=luts, provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
+                                                   "unmapped_layers": dense_a["unmapped"]})
+        rng = random.Random(seed)
+        points = [(model.raw_ms({}), dense_ms)]
+        for i in range(calibration_plans):
+            counts = random_counts(self.plan, self.granule, rng, keys)
+            measured = self.latency(f"calibration-{i}", counts)["latency_ms"]
+            points.append((model.raw_ms(counts), measured))
+        self.log(f"calibrated on {len(points)} whole-model measurements")
+        return model.calibrated(points)

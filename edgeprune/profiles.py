@@ -1,0 +1,165 @@
+"""profiles/: stored profiles and cost models, keyed by everything that changes a measurement.
+
+A profile is reused only when the task, the dense weights, the input shapes, every target setting, the runtime's
+versions and the host all match; anything else is a new measurement. Files are written under a temporary name and
+renamed, so a killed run never leaves a half-written profile that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from edgeprune.cost import CostModel, CostModelBuilder
+from edgeprune.export import build_artifact, state_dict_hash, to_numpy
+from edgeprune.graph import ComponentGraph
+from edgeprune.plan import keep_count
+from edgeprune.profiling import attribute, load_profile, save_profile
+from edgeprune.runtimes import Runtime
+from edgeprune.targets import Target
+from edgeprune.task import Task
+
+#: Where profiles live unless told otherwise: $EDGEPRUNE_PROFILES, else ./profiles.
+DEFAULT_ROOT = Path(os.environ.get("EDGEPRUNE_PROFILES", "profiles"))
+
+
+def host_facts() -> dict[str, object]:
+    """What identifies a local machine's speed: CPU model and core count (a profile from another box is not ours)."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"host_cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def profile_key(facts: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class ProfileStore:
+    """``ROOT/TASK/TARGET-KEY.csv`` (+ ``.json`` provenance) and ``TARGET-KEY.cost.json``."""
+
+    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    def _stem(self, task: str, target: str, key: str) -> Path:
+        return self.root / task / f"{target}-{key}"
+
+    def profile_path(self, task: str, target: str, key: str) -> Path:
+        return self._stem(task, target, key).with_suffix(".csv")
+
+    def cost_path(self, task: str, target: str, key: str) -> Path:
+        return self._stem(task, target, key).with_suffix(".cost.json")
+
+    def load_profile(self, task: str, target: str, key: str) -> pd.DataFrame | None:
+        path = self.profile_path(task, target, key)
+        return load_profile(path) if path.is_file() and path.with_suffix(".json").is_file() else None
+
+    def save_profile(self, frame: pd.DataFrame, task: str, target: str, key: str) -> Path:
+        path = self.profile_path(task, target, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.csv")
+        save_profile(frame, tmp)
+        tmp.with_suffix(".json").replace(path.with_suffix(".json"))
+        tmp.replace(path)
+        return path
+
+    def load_cost(self, task: str, target: str, key: str) -> CostModel | None:
+        path = self.cost_path(task, target, key)
+        return CostModel.load(path) if path.is_file() else None
+
+    def save_cost(self, model: CostModel, task: str, target: str, key: str) -> Path:
+        path = self.cost_path(task, target, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(model.model_dump(mode="json"), indent=1))
+        return path
+
+
+@dataclass
+class ProfileResult:
+    key: str
+    profile: pd.DataFrame
+    profile_path: Path
+    reused: bool
+    groups: pd.DataFrame
+    cost: CostModel | None = None
+    cost_path: Path | None = None
+    cost_reused: bool = False
+
+
+def measurement_facts(task: Task, target: Target, runtime: Runtime, model_hash: str,
+                      inputs: tuple) -> dict[str, object]:
+    """Everything a profile depends on; its hash is the store key, and it is the profile's provenance."""
+    return {"task": task.name, "model_hash": model_hash, "input_shapes": [list(t.shape) for t in inputs],
+            "target": target.name, "target_digest": target.digest(), "runtime": runtime.name, **runtime.versions(),
+            "device": target.device, "precision": target.precision, **host_facts()}
+
+
+def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | None, granule: int) -> pd.DataFrame:
+    """Per group: time of the runtime layers whose channels it sets (a layer between two groups counts in both)
+    and, with a cost model, the measured latency that halving the group buys."""
+    rows = []
+    for key, info in graph.groups.items():
+        modules = set(info.modules)
+        layers_ms = float(frame.loc[frame["module"].isin(modules), "time_ms"].sum())
+        row: dict[str, object] = {"group": key, "kind": info.kind, "components": ",".join(info.components),
+                                  "width": info.width, "layers_ms": layers_ms}
+        if cost is not None and key in cost.groups:
+            half = keep_count(info.width, 0.5, granule)
+            row["half_width_saves_ms"] = cost.predict_ms({}) - cost.predict_ms({key: half})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values("layers_ms", ascending=False, ignore_index=True) if rows else table
+
+
+def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, graph_args: dict[str, object],
+                 store: ProfileStore, *, refresh: bool = False, cost_model: bool = False, stride: int = 1,
+                 work: Path | None = None, log: Callable[[str], None] = lambda _: None) -> ProfileResult:
+    """Profile the task's dense model on the target (or reuse the stored profile with the same key); optionally
+    build (or reuse) its cost model. ``work`` holds exports and the cost model's journal until both are stored,
+    so a killed cost-model build resumes where it stopped."""
+    model = task.build()
+    facts = measurement_facts(task, target, runtime, state_dict_hash(model), inputs)
+    key = profile_key(facts)
+    work = work or store.root / task.name / f".{target.name}-{key}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    graph = ComponentGraph(copy.deepcopy(model), inputs, **graph_args)  # type: ignore[arg-type]
+    frame = None if refresh else store.load_profile(task.name, target.name, key)
+    reused = frame is not None
+    if frame is None:
+        log("exporting and profiling the dense model")
+        artifact = build_artifact(model, inputs, runtime, work, "dense", target.precision)
+        frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
+                          artifact.exported if runtime.source == "onnx" else None, graph.components, facts)
+        store.save_profile(frame, task.name, target.name, key)
+    cost = None if refresh or not cost_model else store.load_cost(task.name, target.name, key)
+    cost_reused = cost is not None
+    if cost_model and cost is None:
+        log("building the cost model: one profile per group and keep count")
+        builder = CostModelBuilder(task.name, model, inputs, runtime, target.granule, work / "cost", graph_args, log)
+        cost = builder.build(stride=stride)
+        cost = cost.model_copy(update={"provenance": {**facts, **cost.provenance}})
+        store.save_cost(cost, task.name, target.name, key)
+    groups = group_table(frame, graph, cost, target.granule)
+    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in the store now
+    return ProfileResult(key, frame, store.profile_path(task.name, target.name, key), reused, groups, cost,
+                         store.cost_path(task.name, target.name, key) if cost else None, cost_reused)
+
