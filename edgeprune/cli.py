@@ -223,12 +223,14 @@ def tasks() -> None:
 @app.command()
 def targets() -> None:
     """List the targets found in targets/ with runtime, precision and granule."""
-    table = Table("target", "runtime", "device", "precision", "granule", "file")
+    table = Table("target", "runtime", "device", "precision", "granule", "power", "file")
     for path, t in list_targets():
         if isinstance(t, TargetError):
-            table.add_row(path.stem, f"[red]invalid: {t}[/]", "", "", "", str(path))
+            table.add_row(path.stem, f"[red]invalid: {t}[/]", "", "", "", "", str(path))
         else:
-            table.add_row(t.name, t.runtime, t.device, t.precision, str(t.granule), str(path))
+            power = ", ".join(p for p in (f"nvpmodel {t.power.nvpmodel}" if t.power.nvpmodel is not None else "",
+                                          "jetson_clocks" if t.power.jetson_clocks else "") if p)
+            table.add_row(t.name, t.runtime, t.device, t.precision, str(t.granule), power or "—", str(path))
     console.print(table)
 
 

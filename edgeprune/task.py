@@ -57,6 +57,7 @@ class Task:
 
 BUILTIN: dict[str, str] = {
     "digits-autoencoder": "edgeprune.zoo.autoencoder:digits_autoencoder",
+    "digits-resnet": "edgeprune.zoo.resnet:digits_resnet",
     "fashion-autoencoder": "edgeprune.zoo.autoencoder:fashion_autoencoder",
     "pendulum-agent": "edgeprune.zoo.pendulum:pendulum_agent",
 }

@@ -15,6 +15,7 @@ from edgeprune.zoo import CHECKPOINTS
 
 TRAINERS: dict[str, str] = {
     "digits-autoencoder": "edgeprune.zoo.autoencoder:train_digits",
+    "digits-resnet": "edgeprune.zoo.resnet:train_digits_resnet",
     "fashion-autoencoder": "edgeprune.zoo.autoencoder:train_fashion",
     "pendulum-agent": "edgeprune.zoo.pendulum_train:train_agent",
 }
