@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeprune.budgets import BudgetError
+from edgeprune.coefficients import CoefficientError
 from edgeprune.cost import CostModelError
 from edgeprune.export import ExportMismatch
 from edgeprune.graph import GraphError
@@ -27,7 +28,7 @@ errors = Console(stderr=True)
 
 #: Errors that are the user's input, not a bug: one line, exit code 2.
 USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing,
-               RuntimeFailure, CostModelError)
+               RuntimeFailure, CostModelError, CoefficientError)
 INFEASIBLE_EXIT = 3
 
 
@@ -68,7 +69,10 @@ def tune(
     out: Annotated[Path | None, typer.Option(help="run folder; default runs/TASK")] = None,
     finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
-    seed: Annotated[int, typer.Option(help="seed for fine-tuning")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
+    strategy: Annotated[str, typer.Option(
+        help="per-group coefficients: magnitude (uniform), grid (search on the metric) or gradient (soft masks)")] = "magnitude",
+    epsilon: Annotated[float, typer.Option(help="grid/gradient: sparsity tolerance around each step's ratio")] = 0.02,
     flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
     flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
     components: Annotated[list[str] | None, typer.Option(
@@ -83,7 +87,8 @@ def tune(
 
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
-                                finetune_steps=finetune_steps, step=step, seed=seed, flow_policy=flow_policy,
+                                finetune_steps=finetune_steps, step=step, seed=seed, strategy=strategy,
+                                epsilon=epsilon, flow_policy=flow_policy,
                                 flow_combine=flow_combine,
                                 components=parse_components(components) if components else None,
                                 component_ratios=parse_ratios(component_ratio) if component_ratio else None)
@@ -223,7 +228,9 @@ def tasks() -> None:
 @app.command()
 def targets() -> None:
     """List the targets found in targets/ with runtime, precision and granule."""
-    table = Table("target", "runtime", "device", "precision", "granule", "power", "file")
+    table = Table()
+    for name in ("target", "runtime", "device", "precision", "granule", "power", "file"):
+        table.add_column(name, no_wrap=name in ("target", "runtime"), overflow="fold")
     for path, t in list_targets():
         if isinstance(t, TargetError):
             table.add_row(path.stem, f"[red]invalid: {t}[/]", "", "", "", "", str(path))

@@ -7,11 +7,12 @@ time. That per-group table (a LUT) is sampled at the granule; a keep count insid
 upper end costs (a partly filled block of channels runs as a full one), and values are interpolated only between
 samples of a sparser sweep (``stride`` > 1), never extrapolated.
 
-A plan is predicted layer by layer: a layer's dense time times, for every group that reshapes it, that group's
-measured time ratio at its keep count. Products, not sums, because a convolution between two pruned groups shrinks
-with both (halving both keeps a quarter of it). The layer sum is then calibrated against whole-model latency
-measurements (``latency ≈ scale · Σ layers + offset``: session overhead and the profiler's own overhead are not in
-the layer times).
+A plan is predicted layer by layer: a layer's fixed cost plus its variable dense time times, for every group that
+reshapes it, that group's measured ratio at its keep count. Products, not sums, because a convolution between two
+pruned groups shrinks with both (halving both keeps a quarter of its work); the fixed cost (see
+:func:`fixed_costs`) is not scaled. The layer sum is then calibrated against whole-model latency measurements
+(``latency ≈ scale · Σ layers + offset``: session overhead and the profiler's own overhead are not in the layer
+times).
 """
 
 from __future__ import annotations
@@ -86,18 +87,21 @@ class CostModel(BaseModel):
     dense_layers: dict[str, float] = Field(description="runtime layer -> ms in the dense model")
     dense_ms: float = Field(description="the dense model's measured end-to-end latency")
     groups: dict[str, GroupLUT]
+    fixed_layers: dict[str, float] = Field(
+        default_factory=dict, description="layer -> time that no cut removes (kernel launch, the untouched axis)")
     calibration: Calibration = Calibration()
     provenance: dict[str, object] = Field(default_factory=dict)
 
     # -- prediction ------------------------------------------------------------------------------------------
     def _ratio(self, lut: GroupLUT, layer: str, keep: int) -> float:
-        """Measured time ratio of ``layer`` with its group at ``keep`` channels (1.0 at the dense width)."""
+        """Measured ratio of ``layer``'s variable time (above its fixed cost) with its group at ``keep`` channels."""
         times = lut.layers[layer]
-        dense = times[-1]
+        fixed = self.fixed_layers.get(layer, 0.0)
+        dense = times[-1] - fixed
         step = lut.width if lut.width <= self.granule else min(lut.width, math.ceil(keep / self.granule) * self.granule)
         if step < lut.kept[0]:
             raise CostModelError(f"keep {keep} is below the smallest sampled count {lut.kept[0]} of this group")
-        value = float(np.interp(step, lut.kept, times))
+        value = float(np.interp(step, lut.kept, times)) - fixed
         return value / dense if dense > 0 else 1.0
 
     def layer_ms(self, counts: Mapping[str, int]) -> dict[str, float]:
@@ -105,14 +109,15 @@ class CostModel(BaseModel):
         unknown = set(counts) - set(self.groups)
         if unknown:
             raise CostModelError(f"the cost model has no LUT for groups {', '.join(sorted(unknown))}")
-        times = dict(self.dense_layers)
+        fixed = self.fixed_layers
+        variable = {layer: t - fixed.get(layer, 0.0) for layer, t in self.dense_layers.items()}
         for key, keep in counts.items():
             lut = self.groups[key]
             if keep >= lut.width:
                 continue
             for layer in lut.layers:
-                times[layer] *= self._ratio(lut, layer, keep)
-        return times
+                variable[layer] *= self._ratio(lut, layer, keep)
+        return {layer: fixed.get(layer, 0.0) + t for layer, t in variable.items()}
 
     def predict_ms(self, counts: Mapping[str, int] | Plan) -> float:
         """Predicted end-to-end latency of a plan (or of per-group keep counts)."""
@@ -147,6 +152,27 @@ class CostModel(BaseModel):
 
 def plan_counts(plan: Plan) -> dict[str, int]:
     return {key: len(group.keep) for key, group in plan.groups.items()}
+
+
+def fixed_costs(luts: Mapping[str, GroupLUT]) -> dict[str, float]:
+    """Per layer that several groups reshape, the time no cut removes: where its measured time-vs-channels line
+    meets zero channels (median over its groups, kept between 0 and 90 % of its fastest measured time).
+
+    A conv whose input and output channels are both halved keeps a quarter of its *work*, but all of its fixed
+    cost; ratios of whole times would scale the fixed part too and predict it faster than it is.
+    """
+    lines: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for lut in luts.values():
+        for layer, times in lut.layers.items():
+            lines.setdefault(layer, []).append((np.array(lut.kept) / lut.width, np.array(times)))
+    fixed: dict[str, float] = {}
+    for layer, curves in lines.items():
+        if len(curves) < 2:
+            continue  # one group: its measured times are used as they are, a fixed part changes nothing
+        intercepts = [float(np.polyfit(x, y, 1)[1]) for x, y in curves if len(x) >= 2]
+        floor = 0.9 * min(float(y.min()) for _, y in curves)
+        fixed[layer] = min(max(float(np.median(intercepts)), 0.0), floor) if intercepts else 0.0
+    return fixed
 
 
 def sample_counts(width: int, granule: int, stride: int = 1) -> list[int]:
@@ -280,7 +306,7 @@ class CostModelBuilder:
             for key, lut in luts.items()}
         dense_ms = self.latency("latency-dense", {})["latency_ms"]
         model = CostModel(task=self.task_name, granule=self.granule, dense_layers=dense_layers, dense_ms=dense_ms,
-                          groups=luts, provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
+                          groups=luts, fixed_layers=fixed_costs(luts), provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
                                                    "unmapped_layers": dense_a["unmapped"]})
         rng = random.Random(seed)
         points = [(model.raw_ms({}), dense_ms)]

@@ -4,17 +4,22 @@ A flow group couples layers of several components (an encoder's output and every
 summed over all of them lets the widest component decide for the others. Scoring each component's layers on
 their own, normalising each to mean 1 and combining them (min: a channel is only as important as the component
 that needs it least; mean: a weighted vote) keeps each component's voice.
+
+Application importance (:func:`application_scores`) adds what the task's own differentiable loss says: the
+measured sensitivity of that loss to zeroing each channel (:func:`mask_sensitivity`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
 import torch_pruning as tp
+from torch import nn
 
 from edgeprune.graph import ComponentGraph, GraphError
+from edgeprune.masks import channel_masks, frozen
 from edgeprune.profiling import component_of
 
 Combine = Literal["min", "mean"]
@@ -70,3 +75,44 @@ def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joi
     if flow_policy == "owner":
         per_component = {c: v for c, v in per_component.items() if c in info.producers} or per_component
     return combine(per_component, how)
+
+
+# -- application importance: what the task's own loss says each channel is worth ----------------------------------
+def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Callable[[nn.Module, object], torch.Tensor],
+                     batches: Iterator[object], n_batches: int) -> dict[str, torch.Tensor]:
+    """Per channel of each group, the RMS over ``n_batches`` of dL/dm at a channel mask m = 1.
+
+    dL/dm is the first-order change of the task's loss when the channel is zeroed — Taylor importance on a
+    channel gate (Molchanov et al., 2019), which equals the activation times its gradient summed over the batch.
+    Measured on ``graph.model`` as it is (eval mode: BatchNorm keeps its running statistics), weights frozen.
+    """
+    model = graph.model
+    masks = {k: torch.ones(graph.groups[k].width, requires_grad=True) for k in keys}
+    total = {k: torch.zeros(graph.groups[k].width) for k in keys}
+    was_training = model.training
+    model.eval()
+    try:
+        with frozen(model), channel_masks(graph, masks), torch.enable_grad():
+            for _ in range(n_batches):
+                grads = torch.autograd.grad(loss(model, next(batches)), [masks[k] for k in keys], allow_unused=True)
+                for k, g in zip(keys, grads, strict=True):
+                    if g is not None:
+                        total[k] += g.detach() ** 2
+    finally:
+        model.train(was_training)
+    return {k: (v / max(n_batches, 1)).sqrt() for k, v in total.items()}
+
+
+def application_scores(graph: ComponentGraph, key: str, sensitivity: torch.Tensor | None,
+                       flow_policy: FlowPolicy = "joint", how: Combine = "min", weight: float = 0.5) -> torch.Tensor:
+    """Channel importance for the application: the group's magnitude score (:func:`group_scores`) and its
+    measured loss sensitivity, each normalised to mean 1, mixed as ``(1 - weight)·magnitude + weight·sensitivity``.
+
+    Magnitude alone does not know which channels the task uses; sensitivity alone is a first-order estimate from
+    a few batches that ranks near-zero-gradient channels by noise. The mix keeps both voices; ``sensitivity=None``
+    (a task without a loss) is plain magnitude.
+    """
+    magnitude = normalised(group_scores(graph, key, flow_policy, how))
+    if sensitivity is None or weight == 0.0:
+        return magnitude
+    return (1.0 - weight) * magnitude + weight * normalised(sensitivity)

@@ -17,6 +17,14 @@ FLOW_POLICIES = {
 }
 
 
+def _fmt_search(search: dict) -> str:
+    """A step's coefficient search in a few words: strategy, sparsity reached, cost."""
+    if not search:
+        return "—"
+    cost = f", {search['evaluations']} evaluations" if search.get("evaluations") else ""
+    return f"{search['strategy']} → sparsity {search['sparsity']:.3f} ({search['search_s']:.1f} s{cost})"
+
+
 def _fmt_latency(latency: dict | None) -> str:
     if not latency:
         return "not measured"
@@ -82,11 +90,13 @@ def write_report(folder: Path, manifest: dict) -> Path:
         "## Dense vs pruned",
         _table(["", "dense", "pruned"], [list(r) for r in comparison_rows(manifest)]),
         "## Steps",
-        _table(["step", "ratio", "status", metric, "latency", "MACs", "note"], [
-            [s["index"], f"{s['ratio']:.3g}", s["status"], f"{s['metrics'][metric]:.4g}", _fmt_latency(s["latency"]),
-             f"{s['macs']:,}" if s["macs"] else "—", s["note"]] for s in manifest["steps"]
+        _table(["step", "ratio", "status", metric, "latency", "MACs", "search", "note"], [
+            [s["index"], f"{s['ratio']:.3g}", s["status"],
+             f"{s['metrics'][metric]:.4g}" if metric in s["metrics"] else "—", _fmt_latency(s["latency"]),
+             f"{s['macs']:,}" if s["macs"] else "—", _fmt_search(s.get("search") or {}), s["note"]]
+            for s in manifest["steps"]
         ]),
-        "## Latency by component (ONNX Runtime profiler, per inference)",
+        f"## Latency by component ({manifest['target']['runtime']} profile, per inference)",
         _component_shares(dense_profile, pruned_profile),
         "## Slowest nodes after pruning",
         _table(["node", "op", "module", "ms", "share"], [

@@ -1,7 +1,8 @@
 """The tune loop: prune step by step until the measured latency budget and the metric budget both hold.
 
-Each step proposes a larger uniform pruning ratio for every intra-component group (flow groups are protected:
-interfaces keep their width), removes the lowest-magnitude channels at the target's granule, optionally
+Each step proposes a larger pruning ratio — uniform over the groups with magnitude importance, or per-group soft
+coefficients chosen by grid search or gradient descent against the task (``strategy``) — honouring the flow policy
+(by default interfaces keep their width), at the target's granule, optionally
 fine-tunes, evaluates the metric and — only if the metric budget still holds — exports, checks and measures the
 model on the target. A step that breaks the metric budget is rolled back and retried with half the increment.
 The run is staged in a hidden sibling folder and moved into place only when complete.
@@ -31,10 +32,11 @@ from torch import nn
 
 import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
+from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose
 from edgeprune.export import Artifact, build_artifact, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy
-from edgeprune.plan import Plan, prune_uniform
+from edgeprune.plan import Plan
 from edgeprune.profiling import attribute, save_profile
 from edgeprune.runtimes import Latency, Runtime, get_runtime
 from edgeprune.targets import Target, load_target
@@ -61,6 +63,9 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
+    strategy: Strategy = Field("magnitude", description="how per-group coefficients are chosen at each step: uniform "
+                                                        "magnitude, grid search on the metric, or gradient descent")
+    epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid/gradient: sparsity tolerance around each step's ratio")
     flow_policy: FlowPolicy = Field(
         "protect", description="inter-component groups: keep their width, prune on every component's combined "
                                "importance (joint), or on the producing component's (owner)")
@@ -106,6 +111,8 @@ class StepRecord:
     note: str = ""
     seconds: float = 0.0
     plan_digest: str = ""
+    search: dict[str, object] = field(default_factory=dict)
+    """How the strategy chose this step's coefficients: sparsity reached, search time, metric evaluations."""
 
     @property
     def latency_ms(self) -> float:
@@ -212,9 +219,11 @@ class _Loop:
         macs, params = tp.utils.count_ops_and_params(model, self.inputs)
         return int(macs), int(params)
 
-    def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan]:
-        return prune_uniform(model, plan, ratio, self.inputs, self.target.granule, self.settings.flow_policy,
-                             self.settings.component_ratios, self.settings.flow_combine, **self.graph_args)
+    def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan, ChoiceInfo]:
+        s = self.settings
+        return choose(s.strategy, self.task, model, plan, ratio, inputs=self.inputs, granule=self.target.granule,
+                      flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
+                      epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -259,7 +268,14 @@ class _Loop:
                 return Outcome("infeasible", reason, model, plan, dense, best)
             trial = min(self.settings.max_ratio, ratio + step)
             t0 = time.perf_counter()
-            candidate, candidate_plan = self.propose(model, plan, trial)
+            try:
+                candidate, candidate_plan, choice = self.propose(model, plan, trial)
+            except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
+                self.steps.append(StepRecord(len(self.steps), trial, "rolled-back", {}, note=str(exc),
+                                             seconds=time.perf_counter() - t0))
+                self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
+                step /= 2
+                continue
             if candidate_plan == plan:  # the granule swallowed this increment
                 ratio = trial
                 continue
@@ -273,7 +289,8 @@ class _Loop:
             metrics = self.evaluate(candidate)
             value = metrics[self.metric_budget.metric]
             record = StepRecord(len(self.steps), trial, "accepted", metrics,
-                                channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest())
+                                channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
+                                search=choice.summary())
             if not self.metric_budget.holds(value, self.dense_value):
                 record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
                 record.seconds = time.perf_counter() - t0

@@ -68,7 +68,10 @@ def test_tasks_and_targets_are_listed() -> None:
     tasks = run("tasks")
     assert tasks.exit_code == 0 and "digits-autoencoder" in tasks.stdout and "pendulum-agent" in tasks.stdout
     targets = run("targets")
-    assert targets.exit_code == 0 and "onnxruntime" in targets.stdout
+    assert targets.exit_code == 0
+    for name, runtime in (("cpu", "onnxruntime"), ("desktop-gpu-tensorrt", "tensorrt"), ("gpu-torch", "torch-cuda"),
+                          ("jetson-orin-nano", "trtexec")):
+        assert any(name in line and runtime in line for line in targets.stdout.splitlines()), targets.stdout
 
 
 def test_graph_prints_groups_and_draws_the_component_graph(tmp_path: Path) -> None:

@@ -15,7 +15,15 @@ import torch
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
-from edgeprune.cost import Calibration, CostModel, CostModelBuilder, CostModelError, GroupLUT, sample_counts
+from edgeprune.cost import (
+    Calibration,
+    CostModel,
+    CostModelBuilder,
+    CostModelError,
+    GroupLUT,
+    fixed_costs,
+    sample_counts,
+)
 from edgeprune.graph import ComponentGraph
 from edgeprune.plan import Plan, prune_to_counts
 from edgeprune.profiles import ProfileStore, profile_key, profile_task
@@ -77,6 +85,18 @@ def test_prediction_multiplies_ratios_per_layer_and_reads_steps() -> None:
     assert model.layer_ms({"a": 8})["other"] == pytest.approx(0.1)
     with pytest.raises(CostModelError, match="no LUT for groups c"):
         model.predict_ms({"c": 8})
+
+
+def test_a_layer_between_two_groups_keeps_its_fixed_cost() -> None:
+    """conv = 0.2 + 0.6·x·y (x, y: kept fractions of its input and output groups), sampled along each axis."""
+    xs = (0.25, 0.5, 0.75, 1.0)
+    lut = GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"conv": tuple(0.2 + 0.6 * x for x in xs)})
+    luts = {"a": lut, "b": lut}
+    assert fixed_costs(luts) == {"conv": pytest.approx(0.2)}
+    model = CostModel(task="t", granule=8, dense_ms=0.8, dense_layers={"conv": 0.8}, groups=luts,
+                      fixed_layers=fixed_costs(luts))
+    assert model.layer_ms({"a": 16, "b": 16})["conv"] == pytest.approx(0.2 + 0.6 * 0.25)
+    assert model.layer_ms({"a": 8})["conv"] == pytest.approx(0.2 + 0.6 * 0.25)  # one axis: the measured time
 
 
 def test_calibration_fits_the_whole_model_measurements() -> None:

@@ -129,3 +129,15 @@ def test_rolled_back_steps_never_land_and_infeasible_budgets_say_why(tmp_path: P
     replayed = plan.apply(task.build(), task.example_inputs(), output_layers=task.output_layers)
     weights = torch.load(out / "weights.pt", weights_only=True)
     assert all(torch.equal(v, weights[k]) for k, v in replayed.state_dict().items())
+
+
+def test_grid_strategy_chooses_each_steps_coefficients_on_the_metric(tmp_path: Path, quick_target: str) -> None:
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.8x",
+                            metric_budget="psnr>=15", step=0.3, strategy="grid", epsilon=0.03)
+    result = tune(settings, tmp_path / "grid")
+    assert result.status == "met", result.reason
+    step = result.manifest["steps"][1]
+    search = step["search"]
+    assert search["strategy"] == "grid" and search["within_tolerance"] and abs(search["sparsity"] - 0.3) <= 0.03
+    assert 1 <= search["evaluations"] <= 25 and step["metrics"]["psnr"] >= 15
+    assert "grid → sparsity" in (tmp_path / "grid" / "report.md").read_text()
