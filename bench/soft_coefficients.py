@@ -40,7 +40,7 @@ FINETUNE_STEPS = 100
 GRID_EVALS = {"digits-autoencoder": 25, "pendulum-agent": 16}  # pendulum's evaluate is ~6-7 s
 EPSILON = 0.02
 GRANULE = 8  # the cpu target's channel granule
-METHODS = ("magnitude", "uniform+app", "grid", "gradient")
+METHODS = ("magnitude", "uniform+app", "global", "grid", "gradient")
 
 
 def params(model: nn.Module) -> int:
@@ -104,7 +104,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     pd.concat([t.assign(task=n) for n, t in tables.items()]).to_csv(RESULTS / "soft_coefficients.csv", index=False)
     header = [
-        "# Soft coefficients: magnitude vs grid vs gradient at equal channel sparsity",
+        "# Soft coefficients: magnitude vs global vs grid vs gradient at equal channel sparsity",
         "",
         f"- command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1], *sys.argv])}`",
         (f"- machine: {platform.platform()}, {os.cpu_count()} CPUs (shared with other processes), torch "
@@ -114,6 +114,8 @@ def main() -> None:
         ("- sparsity: channels removed over the groups the flow policy may cut (flow groups protected); band "
          f"rho ± {EPSILON}, granule {GRANULE}; `channel_sparsity_all` counts protected groups too, "
          "`param_sparsity` is 1 - params / dense params"),
+        ("- global: one ranking of granule blocks over all groups, application importance divided by each "
+         "component's mean; 0 metric evaluations"),
         (f"- grid: per-component levels rho + (-0.3..0.3 step 0.05), at most {GRID_EVALS} true-metric "
          "evaluations (uniform setting included), chosen on the task's own `evaluate` — the same metric reported "
          "here, so grid's one-shot column is selected on the report metric (optimistic for grid)"),

@@ -48,7 +48,7 @@ def parse_components(specs: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def parse_ratios(specs: list[str]) -> dict[str, float]:
+def parse_ratios(specs: list[str], option: str) -> dict[str, float]:
     """``["encoder=0.2"]`` -> ``{"encoder": 0.2}``."""
     out: dict[str, float] = {}
     for spec in specs:
@@ -56,7 +56,7 @@ def parse_ratios(specs: list[str]) -> dict[str, float]:
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            fail(f"--component-ratio {spec!r}: write NAME=R with R a number in [0, 1)")
+            fail(f"{option} {spec!r}: write NAME=VALUE with VALUE a number")
     return out
 
 
@@ -71,7 +71,8 @@ def tune(
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
     strategy: Annotated[str, typer.Option(
-        help="per-group coefficients: magnitude (uniform), grid (search on the metric) or gradient (soft masks)")] = "magnitude",
+        help="per-group coefficients: magnitude (uniform), global (one ranking, normalised per component), "
+             "grid (search on the metric), gradient (soft masks) or knapsack (measured per-group latency)")] = "magnitude",
     epsilon: Annotated[float, typer.Option(help="grid/gradient: sparsity tolerance around each step's ratio")] = 0.02,
     flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
     flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
@@ -79,6 +80,10 @@ def tune(
         help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
     component_ratio: Annotated[list[str] | None, typer.Option(
         help="NAME=R, repeatable: remove at most the fraction R of that component's channels")] = None,
+    component_share: Annotated[list[str] | None, typer.Option(
+        help="NAME=S, repeatable (knapsack): that component may take at most the share S of the latency budget")] = None,
+    cost_stride: Annotated[int, typer.Option(min=1, help="knapsack: cost model measures every STRIDE-th step")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
     from edgeprune.report import comparison_rows
@@ -91,10 +96,14 @@ def tune(
                                 epsilon=epsilon, flow_policy=flow_policy,
                                 flow_combine=flow_combine,
                                 components=parse_components(components) if components else None,
-                                component_ratios=parse_ratios(component_ratio) if component_ratio else None)
+                                component_ratios=parse_ratios(component_ratio, "--component-ratio") if component_ratio else None,
+                                component_shares=parse_ratios(component_share, "--component-share") if component_share else None,
+                                cost_stride=cost_stride)
     except ValidationError as exc:
         first = exc.errors()[0]
-        option = {"metric_budget": "metric", "component_ratios": "component-ratio"}.get(str(first["loc"][0]), str(first["loc"][0])).replace("_", "-")
+        where = str(first["loc"][0]) if first["loc"] else "strategy"
+        option = {"metric_budget": "metric", "component_ratios": "component-ratio",
+                  "component_shares": "component-share"}.get(where, where).replace("_", "-")
         fail(f"--{option}: {first['msg'].removeprefix('Value error, ')}")
     folder = out or Path("runs") / Path(task.split(":")[-1]).name
     try:
@@ -103,7 +112,7 @@ def tune(
                 console.log(message, highlight=False)
                 status.update(message)
 
-            result = run_tune(settings, folder, log=log)
+            result = run_tune(settings, folder, log=log, resume=resume)
     except (*USER_ERRORS, RunFolderError) as exc:
         fail(str(exc))
     manifest = result.manifest
@@ -245,7 +254,7 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        errors.print("interrupted; nothing was published")
+        errors.print("interrupted; nothing was published (a tune run continues with the same command and --resume)")
         sys.exit(130)
 
 

@@ -5,6 +5,9 @@ pruning sets every c_g to the same ratio; here the coefficients are chosen for t
 rho ± epsilon:
 
 - ``magnitude``: every c_g = rho, lowest-magnitude channels go (:func:`edgeprune.plan.prune_uniform`);
+- ``global``: one ranking of granule-sized channel blocks across every group, each score divided by its
+  component's mean, least important blocks removed until rho (no metric evaluation; the coefficients follow
+  from where each group's importance falls in that ranking);
 - ``grid``: one coefficient per cluster of groups (a component, or each group) from a small grid of levels
   around rho; candidates whose exact post-granule sparsity is outside rho ± epsilon are dropped, at most
   ``max_evals`` of the rest are pruned and scored with the task's true ``evaluate`` (one-shot, no fine-tune),
@@ -17,9 +20,9 @@ rho ± epsilon:
   cut. The end is a hard 0/1 mask at the granule (nudged back inside rho ± epsilon, whole granules at a time, if
   rounding left it), which becomes a Plan through ``ComponentGraph.prune``. No metric evaluation is spent.
 
-Inside every group, grid and gradient remove the channels with the lowest *application importance*: magnitude
+Inside every group, global, grid and gradient remove the channels with the lowest *application importance*: magnitude
 mixed with the measured sensitivity of the task's loss to each channel (:func:`edgeprune.importance.
-application_scores`); a task without a loss falls back to magnitude (grid) or is refused (gradient).
+application_scores`); a task without a loss falls back to magnitude (global, grid) or is refused (gradient).
 
 **Sparsity** is channel sparsity over the groups the flow policy lets edgeprune cut: removed dense channels over
 dense channels of every group except protected flow groups (:func:`policy_sparsity`). It is
@@ -34,6 +37,7 @@ coefficients (a layer loses in and out channels) and is reported by the bench in
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,13 +49,14 @@ import torch
 from torch import nn
 
 from edgeprune.budgets import MetricBudget
+from edgeprune.cost import CostModel, plan_counts
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy, application_scores, mask_sensitivity
 from edgeprune.masks import channel_masks, frozen
 from edgeprune.plan import Plan, PlanError, keep_count, prune_uniform
 from edgeprune.task import Task
 
-Strategy = Literal["magnitude", "grid", "gradient"]
+Strategy = Literal["magnitude", "global", "grid", "gradient"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
@@ -95,7 +100,7 @@ class GradientSettings:
 class ChoiceInfo:
     """What a :func:`choose` call decided and what it cost."""
 
-    strategy: Strategy
+    strategy: str
     rho: float
     epsilon: float
     sparsity: float
@@ -118,10 +123,13 @@ class ChoiceInfo:
     """Gradient: the normalised task loss with the final hard masks, on one fresh batch."""
     best_metric: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    predicted_ms: float | None = None
+    """Knapsack: the cost model's latency prediction for the chosen plan."""
 
     def summary(self) -> dict[str, object]:
         """The part a tune step records: what was reached and what the search cost."""
         return {"strategy": self.strategy, "rho": self.rho, "sparsity": round(self.sparsity, 4),
+                "predicted_ms": self.predicted_ms,
                 "within_tolerance": self.within_tolerance, "importance": self.importance,
                 "search_s": round(self.search_s, 2), "evaluations": self.evaluations, "notes": list(self.notes)}
 
@@ -143,6 +151,8 @@ class _Group:
     cluster: str
     order: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     """Current channel positions, most important first."""
+    scores: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    """Their importance, in that order."""
 
     @property
     def free(self) -> bool:
@@ -268,33 +278,18 @@ def choose(
     if strategy == "gradient" and not has_loss:
         raise CoefficientError(f"strategy 'gradient' needs the task's differentiable loss(model, batch) and "
                                f"batches(seed); task {task.name!r} has none: use 'grid' or 'magnitude'")
-    torch.manual_seed(seed)
-    working = copy.deepcopy(model)
-    graph = ComponentGraph(working, inputs, **graph_args)  # type: ignore[arg-type]
-    unknown = set(caps) - set(graph.components)
-    if unknown:
-        raise PlanError(f"per-component ratios name unknown components: {', '.join(sorted(unknown))}")
-    space = _Space(graph, plan, flow_policy, caps, max_group_ratio, granule, grid.clusters)
+    working, graph, space, importance, notes, stream = _ranked_space(
+        task, model, plan, inputs, granule, flow_policy, flow_combine, caps, max_group_ratio, seed,
+        importance_batches, sensitivity_weight, grid.clusters, graph_args)
     low, high = space.bounds()
     if rho + epsilon < low - 1e-9 or rho - epsilon > high + 1e-9:
         raise CoefficientError(f"sparsity band {rho - epsilon:.3f}..{rho + epsilon:.3f} is unreachable: this model "
                                f"and plan allow {low:.3f}..{high:.3f} (flow policy {flow_policy}, caps, "
                                f"max_group_ratio {max_group_ratio:g}, granule {granule})")
 
-    notes: list[str] = []
-    stream: Iterator[object] | None = task.batches(seed) if has_loss else None  # type: ignore[misc]
-    sensitivity: dict[str, torch.Tensor] = {}
-    if stream is not None and task.loss is not None:
-        sensitivity = mask_sensitivity(graph, [g.key for g in space.free], task.loss, stream, importance_batches)
-        importance = f"magnitude + loss sensitivity (weight {sensitivity_weight:g}, {importance_batches} batches)"
-    else:
-        importance = "magnitude"
-        notes.append(f"task {task.name!r} has no loss/batches: channels ranked by magnitude alone")
-    for g in space.free:
-        scores = application_scores(graph, g.key, sensitivity.get(g.key), flow_policy, flow_combine, sensitivity_weight)
-        g.order = torch.argsort(scores, descending=True, stable=True)
-
-    if strategy == "grid":
+    if strategy == "global":
+        keeps, searched, result = _global(space, rho, epsilon)
+    elif strategy == "grid":
         keeps, searched, result = _grid(task, model, plan, space, rho, epsilon, grid, seed, inputs, graph_args)
     else:
         assert stream is not None and task.loss is not None
@@ -308,6 +303,184 @@ def choose(
     return working, new_plan, ChoiceInfo(
         strategy, rho, epsilon, sparsity, abs(sparsity - rho) <= epsilon + 1e-9, coeffs, searched, importance,
         search_s=time.perf_counter() - start, notes=tuple(notes + result.pop("notes", [])), **result)
+
+
+def _ranked_space(task: Task, model: nn.Module, plan: Plan, inputs: tuple[torch.Tensor, ...], granule: int,
+                  flow_policy: FlowPolicy, flow_combine: Combine, caps: Mapping[str, float], max_group_ratio: float,
+                  seed: int, importance_batches: int, sensitivity_weight: float, clusters: str,
+                  graph_args: Mapping[str, object]):
+    """A working copy of ``model``, its graph, the groups a call may cut, each ranked by application importance
+    (magnitude alone for a task without a loss, with a note), and the task's seeded batch stream."""
+    torch.manual_seed(seed)
+    working = copy.deepcopy(model)
+    graph = ComponentGraph(working, inputs, **graph_args)  # type: ignore[arg-type]
+    unknown = set(caps) - set(graph.components)
+    if unknown:
+        raise PlanError(f"per-component ratios name unknown components: {', '.join(sorted(unknown))}")
+    space = _Space(graph, plan, flow_policy, caps, max_group_ratio, granule, clusters)
+    notes: list[str] = []
+    has_loss = task.loss is not None and task.batches is not None
+    stream: Iterator[object] | None = task.batches(seed) if has_loss else None  # type: ignore[misc]
+    sensitivity: dict[str, torch.Tensor] = {}
+    if stream is not None and task.loss is not None:
+        sensitivity = mask_sensitivity(graph, [g.key for g in space.free], task.loss, stream, importance_batches)
+        importance = f"magnitude + loss sensitivity (weight {sensitivity_weight:g}, {importance_batches} batches)"
+    else:
+        importance = "magnitude"
+        notes.append(f"task {task.name!r} has no loss/batches: channels ranked by magnitude alone")
+    for g in space.free:
+        scores = application_scores(graph, g.key, sensitivity.get(g.key), flow_policy, flow_combine, sensitivity_weight)
+        g.order = torch.argsort(scores, descending=True, stable=True)
+        g.scores = scores[g.order]
+    return working, graph, space, importance, notes, stream
+
+
+# -- latency knapsack ----------------------------------------------------------------------------------------------
+def choose_for_latency(
+    task: Task,
+    model: nn.Module,
+    plan: Plan,
+    cost: CostModel,
+    budget_ms: float,
+    *,
+    inputs: tuple[torch.Tensor, ...],
+    granule: int,
+    flow_policy: FlowPolicy = "protect",
+    flow_combine: Combine = "min",
+    component_ratios: Mapping[str, float] | None = None,
+    component_shares: Mapping[str, float] | None = None,
+    seed: int = 0,
+    max_group_ratio: float = 0.9,
+    importance_batches: int = 8,
+    sensitivity_weight: float = 0.5,
+    **graph_args: object,
+) -> tuple[nn.Module, Plan, ChoiceInfo]:
+    """Prune a copy of ``model`` (described by ``plan``) until the cost model predicts ``budget_ms``, losing as
+    little importance per millisecond saved as it can: a greedy knapsack over granule blocks of channels.
+
+    Each round prices the next block of every group (its channels' application importance, divided by the
+    component's mean as in the global ranking) against the latency the cost model says removing it saves, and
+    removes the cheapest; a block that saves nothing is never taken, so time goes where the target spends it,
+    not where FLOPs are. ``component_shares`` caps a component's predicted time at a share of the budget (an
+    encoder that may take at most 30 % of it): while one is over, only groups touching it are cut. Flow policy,
+    component ratio caps and ``max_group_ratio`` bound every group as in :func:`choose`. Raises
+    :class:`CoefficientError` when the bounds leave the budget out of reach, naming the best prediction.
+    """
+    if budget_ms <= 0:
+        raise CoefficientError(f"latency budget must be positive, got {budget_ms:g} ms")
+    shares = dict(component_shares or {})
+    if any(not 0 < v <= 1 for v in shares.values()):
+        raise CoefficientError(f"component shares must be in (0, 1]: {shares}")
+    start = time.perf_counter()
+    working, graph, space, importance, notes, _ = _ranked_space(
+        task, model, plan, inputs, granule, flow_policy, flow_combine, dict(component_ratios or {}),
+        max_group_ratio, seed, importance_batches, sensitivity_weight, "component", graph_args)
+    unknown = set(shares) - set(graph.components)
+    if unknown:
+        raise CoefficientError(f"component shares name unknown components: {', '.join(sorted(unknown))}")
+    free = space.free
+    means = _cluster_means(free)
+    steps = {g.key: g.keep_steps(space.granule)[::-1] for g in free}
+    position = {g.key: 0 for g in free}
+    counts = plan_counts(plan)
+    predicted = cost.predict_ms(counts)
+    trace = [predicted]
+
+    def over() -> str | None:
+        """The component furthest over its share, or '' for the whole budget, or None when everything holds."""
+        times = cost.component_ms(counts)
+        worst = max(((times.get(c, 0.0) / (share * budget_ms), c) for c, share in shares.items()), default=(0.0, ""))
+        if worst[0] > 1.0 + 1e-9:
+            return worst[1]
+        return "" if predicted > budget_ms else None
+
+    while (target := over()) is not None:
+        best: tuple[float, str, float] | None = None
+        for g in free:
+            i = position[g.key]
+            if i + 1 >= len(steps[g.key]) or (target and target not in graph.groups[g.key].components):
+                continue
+            hi, lo = steps[g.key][i], steps[g.key][i + 1]
+            trial = {**counts, g.key: lo}
+            before = cost.component_ms(counts).get(target, 0.0) if target else predicted
+            after = cost.component_ms(trial).get(target, 0.0) if target else cost.predict_ms(trial)
+            saved = before - after
+            if saved <= 1e-12:
+                continue
+            lost = float(g.scores[lo:hi].sum()) / means[g.cluster]
+            if best is None or lost / saved < best[0]:
+                best = (lost / saved, g.key, lo)
+        if best is None:
+            what = f"component {target!r} over {shares[target]:.0%} of the budget" if target else "the budget"
+            raise CoefficientError(
+                f"latency budget {budget_ms:.4g} ms is out of reach for {what}: the cost model predicts "
+                f"{predicted:.4g} ms with every group at its bound (flow policy {flow_policy}, caps, "
+                f"max_group_ratio {max_group_ratio:g}, granule {granule})")
+        _, key, lo = best
+        position[key] += 1
+        counts[key] = lo
+        predicted = cost.predict_ms(counts)
+        trace.append(predicted)
+    keeps = {g.key: counts[g.key] for g in free if counts.get(g.key, g.current) < g.current}
+    new_plan = space.cut(graph, plan, keeps)
+    sparsity = policy_sparsity(new_plan, flow_policy)
+    coeffs = {k: 1.0 - len(g.keep) / g.width for k, g in new_plan.groups.items()}
+    searched = {g.key: 1.0 - counts.get(g.key, g.current) / g.dense for g in free}
+    return working, new_plan, ChoiceInfo(
+        "knapsack", sparsity, 0.0, sparsity, True, coeffs, searched, importance, objective=tuple(trace),
+        search_s=time.perf_counter() - start, notes=tuple(notes), predicted_ms=predicted)
+
+
+def _cluster_means(free: Sequence[_Group]) -> dict[str, float]:
+    """Each cluster's mean channel score: what global rankings divide by, so no component is starved."""
+    means: dict[str, float] = {}
+    for cluster in {g.cluster for g in free}:
+        mean = float(torch.cat([g.scores for g in free if g.cluster == cluster]).mean())
+        means[cluster] = mean if mean > 0 else 1.0
+    return means
+
+
+# -- global ranking ------------------------------------------------------------------------------------------------
+def _global(space: _Space, rho: float, epsilon: float) -> tuple[dict[str, int], dict[str, float], dict]:
+    """Remove the least important granule blocks of channels across all groups, one ranking, until rho.
+
+    Scores are divided by their component's mean channel score first (a flow group is its own component here: its
+    scores are already combined from its components' normalised ones), so a component whose weights happen to be
+    small, or whose loss gradients are, is not wiped out by one that is large — and cannot hide behind it either.
+    Inside a group blocks go least important first; a block's score is its channels' mean.
+    """
+    free = space.free
+    means = _cluster_means(free)
+    steps = {g.key: g.keep_steps(space.granule)[::-1] for g in free}  # current count first, then ever fewer
+    position = {g.key: 0 for g in free}
+    by_key = {g.key: g for g in free}
+    keeps: dict[str, int] = {}
+
+    def next_block(g: _Group) -> tuple[float, str] | None:
+        i = position[g.key]
+        if i + 1 >= len(steps[g.key]):
+            return None
+        hi, lo = steps[g.key][i], steps[g.key][i + 1]
+        return float(g.scores[lo:hi].mean()) / means[g.cluster], g.key
+
+    heap = [b for b in (next_block(g) for g in free) if b is not None]
+    heapq.heapify(heap)
+    previous = dict(keeps)
+    while heap and space.sparsity(keeps) < rho:
+        previous = dict(keeps)
+        _, key = heapq.heappop(heap)
+        position[key] += 1
+        keeps[key] = steps[key][position[key]]
+        block = next_block(by_key[key])
+        if block is not None:
+            heapq.heappush(heap, block)
+    if abs(space.sparsity(previous) - rho) < abs(space.sparsity(keeps) - rho):
+        keeps = previous  # the last block overshot further than stopping short of it
+    if abs(space.sparsity(keeps) - rho) > epsilon + 1e-9:
+        raise CoefficientError(f"global ranking reaches sparsity {space.sparsity(keeps):.4f}, outside {rho:g} ± "
+                               f"{epsilon:g}: the granule's blocks are too coarse for this band")
+    searched = {g.key: 1.0 - keeps.get(g.key, g.current) / g.dense for g in free}
+    return keeps, searched, {}
 
 
 # -- grid ----------------------------------------------------------------------------------------------------------

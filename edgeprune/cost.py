@@ -33,7 +33,7 @@ from torch import nn
 from edgeprune.export import export_onnx, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.plan import Plan, keep_count, prune_to_counts
-from edgeprune.profiling import ORT_FUSED
+from edgeprune.profiling import ORT_FUSED, component_of, node_modules
 from edgeprune.runtimes import Runtime
 
 FORMAT = "edgeprune.cost/1"
@@ -89,6 +89,8 @@ class CostModel(BaseModel):
     groups: dict[str, GroupLUT]
     fixed_layers: dict[str, float] = Field(
         default_factory=dict, description="layer -> time that no cut removes (kernel launch, the untouched axis)")
+    layer_components: dict[str, str] = Field(
+        default_factory=dict, description="layer -> the component its module belongs to ('' when none)")
     calibration: Calibration = Calibration()
     provenance: dict[str, object] = Field(default_factory=dict)
 
@@ -126,6 +128,15 @@ class CostModel(BaseModel):
         raw = sum(self.layer_ms(counts).values())
         return self.calibration.scale * raw + self.calibration.offset_ms
 
+    def component_ms(self, counts: Mapping[str, int] | Plan) -> dict[str, float]:
+        """Predicted time per component (its layers' sum, scaled like the whole model; the offset is nobody's)."""
+        times = self.layer_ms(plan_counts(counts) if isinstance(counts, Plan) else counts)
+        out: dict[str, float] = {}
+        for layer, ms in times.items():
+            component = self.layer_components.get(layer, "")
+            out[component] = out.get(component, 0.0) + self.calibration.scale * ms
+        return out
+
     def staircase(self, key: str) -> list[tuple[int, float]]:
         """Predicted latency of the model with only group ``key`` cut, at each sampled keep count."""
         return [(k, self.predict_ms({key: k})) for k in self.groups[key].kept]
@@ -151,7 +162,8 @@ class CostModel(BaseModel):
 
 
 def plan_counts(plan: Plan) -> dict[str, int]:
-    return {key: len(group.keep) for key, group in plan.groups.items()}
+    """Keep counts of the groups a plan cuts (a group at its dense width costs what the dense model costs)."""
+    return {key: len(group.keep) for key, group in plan.pruned_groups.items()}
 
 
 def fixed_costs(luts: Mapping[str, GroupLUT]) -> dict[str, float]:
@@ -239,6 +251,7 @@ class CostModelBuilder:
                     record = json.loads(line)
                     self.done[record["id"]] = record
         self.dense_shapes = node_shapes(export_onnx(model, inputs, folder / "dense.onnx"))
+        self.node_modules = node_modules(folder / "dense.onnx")
 
     def _record(self, record: dict) -> dict:
         self.done[record["id"]] = record
@@ -270,8 +283,11 @@ class CostModelBuilder:
         # runtime-inserted layers (no ONNX node) are timed but never rescaled
         unmapped = [row.layer for row in frames[0].itertuples()
                     if not any(n in self.dense_shapes for n in covered_nodes(row))]
+        components = {row.layer: component_of(next((self.node_modules[n] for n in covered_nodes(row)
+                                                    if self.node_modules.get(n)), ""), self.graph.components)
+                      for row in frames[0].itertuples()}
         return self._record({"id": sample_id, "counts": dict(counts), "layers": times, "changed": changed,
-                             "unmapped": unmapped})
+                             "unmapped": unmapped, "components": components})
 
     def latency(self, sample_id: str, counts: Mapping[str, int]) -> dict:
         if sample_id in self.done:
@@ -306,7 +322,7 @@ class CostModelBuilder:
             for key, lut in luts.items()}
         dense_ms = self.latency("latency-dense", {})["latency_ms"]
         model = CostModel(task=self.task_name, granule=self.granule, dense_layers=dense_layers, dense_ms=dense_ms,
-                          groups=luts, fixed_layers=fixed_costs(luts), provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
+                          groups=luts, fixed_layers=fixed_costs(luts), layer_components=dense_a.get("components", {}), provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
                                                    "unmapped_layers": dense_a["unmapped"]})
         rng = random.Random(seed)
         points = [(model.raw_ms({}), dense_ms)]

@@ -28,8 +28,10 @@ from edgeprune.runtimes import Runtime
 from edgeprune.targets import Target
 from edgeprune.task import Task
 
-#: Where profiles live unless told otherwise: $EDGEPRUNE_PROFILES, else ./profiles.
-DEFAULT_ROOT = Path(os.environ.get("EDGEPRUNE_PROFILES", "profiles"))
+
+def default_root() -> Path:
+    """Where profiles live unless told otherwise: $EDGEPRUNE_PROFILES, else ./profiles."""
+    return Path(os.environ.get("EDGEPRUNE_PROFILES", "profiles"))
 
 
 def host_facts() -> dict[str, object]:
@@ -57,8 +59,8 @@ def _atomic_write(path: Path, text: str) -> None:
 class ProfileStore:
     """``ROOT/TASK/TARGET-KEY.csv`` (+ ``.json`` provenance) and ``TARGET-KEY.cost.json``."""
 
-    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
-        self.root = root
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_root()
 
     def _stem(self, task: str, target: str, key: str) -> Path:
         return self.root / task / f"{target}-{key}"

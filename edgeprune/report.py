@@ -22,7 +22,8 @@ def _fmt_search(search: dict) -> str:
     if not search:
         return "—"
     cost = f", {search['evaluations']} evaluations" if search.get("evaluations") else ""
-    return f"{search['strategy']} → sparsity {search['sparsity']:.3f} ({search['search_s']:.1f} s{cost})"
+    predicted = f", predicted {search['predicted_ms']:.4g} ms" if search.get("predicted_ms") is not None else ""
+    return f"{search['strategy']} → sparsity {search['sparsity']:.3f}{predicted} ({search['search_s']:.1f} s{cost})"
 
 
 def _fmt_latency(latency: dict | None) -> str:

@@ -1,11 +1,13 @@
 """The tune loop: prune step by step until the measured latency budget and the metric budget both hold.
 
-Each step proposes a larger pruning ratio — uniform over the groups with magnitude importance, or per-group soft
-coefficients chosen by grid search or gradient descent against the task (``strategy``) — honouring the flow policy
-(by default interfaces keep their width), at the target's granule, optionally
-fine-tunes, evaluates the metric and — only if the metric budget still holds — exports, checks and measures the
-model on the target. A step that breaks the metric budget is rolled back and retried with half the increment.
-The run is staged in a hidden sibling folder and moved into place only when complete.
+Each step proposes a larger pruning ratio — uniform over the groups, one global ranking, or per-group soft
+coefficients chosen by grid search or gradient descent against the task (``strategy``); or, for the ``knapsack``,
+a larger share of the dense latency to remove, planned on the target's measured cost model — honouring the flow
+policy (by default interfaces keep their width), at the target's granule, optionally fine-tunes, evaluates the
+metric and — only if the metric budget still holds — exports, checks and measures the model on the target (the
+knapsack then recalibrates its cost model). A step that breaks the metric budget is rolled back and retried with half
+the increment. The run is staged in a hidden sibling folder, checkpointed after every step (so ``resume``
+continues an interrupted run), and moved into place only when complete.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from typing import Literal
 import onnx
 import torch
 import torch_pruning as tp
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
-from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose
+from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose, choose_for_latency
+from edgeprune.cost import CostModel
 from edgeprune.export import Artifact, build_artifact, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy
@@ -43,6 +46,8 @@ from edgeprune.targets import Target, load_target
 from edgeprune.task import Task, load_task
 
 MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_WEIGHTS = "checkpoint.pt"
 
 
 class RunFolderError(ValueError):
@@ -63,8 +68,10 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
-    strategy: Strategy = Field("magnitude", description="how per-group coefficients are chosen at each step: uniform "
-                                                        "magnitude, grid search on the metric, or gradient descent")
+    strategy: Strategy | Literal["knapsack"] = Field(
+        "magnitude", description="how per-group coefficients are chosen at each step: uniform magnitude, one global "
+                                 "ranking, grid search on the metric, gradient descent, or a latency knapsack on the "
+                                 "target's measured cost model")
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid/gradient: sparsity tolerance around each step's ratio")
     flow_policy: FlowPolicy = Field(
         "protect", description="inter-component groups: keep their width, prune on every component's combined "
@@ -73,6 +80,23 @@ class TuneSettings(BaseModel):
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
     component_ratios: dict[str, float] | None = Field(
         None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
+    component_shares: dict[str, float] | None = Field(
+        None, description="knapsack: component -> largest share of the latency budget its layers may take")
+    cost_stride: int = Field(1, ge=1, description="knapsack: the cost model measures every STRIDE-th granule step")
+
+    @field_validator("component_shares")
+    @classmethod
+    def _shares(cls, shares: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (shares or {}).items():
+            if not 0 < value <= 1:
+                raise ValueError(f"component {name!r}: share must be in (0, 1], got {value:g}")
+        return shares
+
+    @model_validator(mode="after")
+    def _shares_need_knapsack(self) -> TuneSettings:
+        if self.component_shares and self.strategy != "knapsack":
+            raise ValueError("component shares of the latency budget need the latency planner: --strategy knapsack")
+        return self
 
     @field_validator("component_ratios")
     @classmethod
@@ -195,8 +219,9 @@ def existing_run(out: Path, key: str) -> dict[str, object] | None:
 class _Loop:
     """State of one tune run; ``run`` drives it. Kept as a class so each step's pieces stay small."""
 
-    def __init__(self, settings: TuneSettings, target: Target, work: Path, log: Callable[[str], None]) -> None:
-        self.settings, self.target, self.work, self.log = settings, target, work, log
+    def __init__(self, settings: TuneSettings, target: Target, work: Path, key: str,
+                 log: Callable[[str], None]) -> None:
+        self.settings, self.target, self.work, self.key, self.log = settings, target, work, key, log
         self.task = load_task(settings.task)
         self.runtime = get_runtime(self.target)
         self.latency_budget = LatencyBudget.parse(settings.latency_budget)
@@ -206,11 +231,30 @@ class _Loop:
         self.inputs = target_inputs(self.task, self.target)
         self.graph_args = graph_args(settings, self.task)
         self.steps: list[StepRecord] = []
+        self.local = 1.0  # knapsack: measured / predicted latency at the last measurement
 
     # -- one measurement -------------------------------------------------------------------------------------
     def measure(self, model: nn.Module, name: str) -> tuple[Artifact, Latency]:
         artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
         return artifact, self.runtime.latency(artifact.built, to_numpy(self.inputs))
+
+    def cost_model(self, dense_model: nn.Module) -> CostModel:
+        """The target's cost model of the dense model: from profiles/ when one with this key is stored, else
+        measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
+        from edgeprune.profiles import ProfileStore, profile_task
+
+        self.log("cost model: reusing the stored one or measuring it (one profile per group and keep count)")
+        result = profile_task(self.task, self.target, self.runtime, self.inputs, self.graph_args, ProfileStore(),
+                              cost_model=True, stride=self.settings.cost_stride, log=self.log)
+        assert result.cost is not None
+        self.cost_path = result.cost_path
+        return result.cost.calibrated([*result.cost.calibration.points, (result.cost.raw_ms({}), self.dense_ms)])
+
+    def recalibrate(self, plan: Plan, measured_ms: float) -> None:
+        """Every full measurement joins the cost model's calibration, and sets the local correction: the next plan
+        aims at budget / (measured / predicted) of this one, since prediction errors are local."""
+        self.cost = self.cost.calibrated([*self.cost.calibration.points, (self.cost.raw_ms(plan), measured_ms)])
+        self.local = measured_ms / self.cost.predict_ms(plan)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return {k: float(v) for k, v in self.task.evaluate(model).items()}
@@ -220,13 +264,41 @@ class _Loop:
         return int(macs), int(params)
 
     def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan, ChoiceInfo]:
+        """The next candidate at ``ratio``: of the channels to remove (ratio strategies) or, for the knapsack, of the
+        dense latency to remove, never aiming below the budget (before the local correction)."""
         s = self.settings
+        if s.strategy == "knapsack":
+            # the budget, corrected by how far off the last measured prediction was (errors are local)
+            target_ms = max(self.budget_ms, self.dense_ms * (1.0 - ratio)) / self.local
+            return choose_for_latency(
+                self.task, model, plan, self.cost, target_ms, inputs=self.inputs, granule=self.target.granule,
+                flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
+                component_shares=s.component_shares, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)
         return choose(s.strategy, self.task, model, plan, ratio, inputs=self.inputs, granule=self.target.granule,
                       flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
                       epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    def run(self) -> Outcome:
+    def run(self, resume: bool = False) -> Outcome:
+        state = self.restore() if resume else None
+        if state is None:
+            model, plan, dense = self.dense_stage()
+            ratio, step, rejected, best = 0.0, self.settings.step, set(), dense
+            self.checkpoint(model, plan, ratio, step, rejected, best)
+        else:
+            model, plan, ratio, step, rejected, best = state
+            dense = self.steps[0]
+            self.log(f"resuming after step {self.steps[-1].index} (ratio {ratio:.3g})")
+        if dense.latency_ms <= self.budget_ms:
+            return Outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
+        outcome = None
+        while outcome is None:
+            model, plan, ratio, step, best, outcome = self.step(model, plan, ratio, step, rejected, best, dense)
+            self.checkpoint(model, plan, ratio, step, rejected, best)
+        return outcome
+
+    def dense_stage(self) -> tuple[nn.Module, Plan, StepRecord]:
+        """Evaluate and measure the dense model; fix the budgets' thresholds (and, for the knapsack, the cost model)."""
         start = time.perf_counter()
         dense_model = self.task.build()
         plan = Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
@@ -243,79 +315,132 @@ class _Loop:
         self.dense_artifact, dense_latency = self.measure(dense_model, "dense")
         macs, params = self.count(dense_model)
         dense = StepRecord(0, 0.0, "dense", dense_metrics, dense_latency.to_dict(), macs, params, 0.0, "",
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, plan.digest())
         self.steps.append(dense)
         self.budget_ms = self.latency_budget.threshold_ms(dense_latency.median_ms)
+        self.dense_ms = dense_latency.median_ms
+        if self.settings.strategy == "knapsack":
+            self.cost = self.cost_model(dense_model)
+            self.local = self.dense_ms / self.cost.predict_ms({})
         self.metric_threshold = self.metric_budget.threshold(self.dense_value)
         self.log(f"dense latency {dense_latency.median_ms:.4g} ms; budget {self.budget_ms:.4g} ms")
+        return dense_model, plan, dense
 
-        model = dense_model
-        dense.plan_digest = plan.digest()
-        best = dense
-        ratio, step = 0.0, self.settings.step
-        rejected: set[str] = set()
-        if dense_latency.median_ms <= self.budget_ms:
-            return Outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
-        while True:
-            if ratio >= self.settings.max_ratio - 1e-9:
-                reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
-                          f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
-                return Outcome("infeasible", reason, model, plan, dense, best)
-            if step < self.settings.min_step:
-                reason = (f"the metric budget breaks before the latency budget holds: the best plan measures "
-                          f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
-                          f"{best.metrics[self.metric_budget.metric]:.4g}")
-                return Outcome("infeasible", reason, model, plan, dense, best)
-            trial = min(self.settings.max_ratio, ratio + step)
-            t0 = time.perf_counter()
-            try:
-                candidate, candidate_plan, choice = self.propose(model, plan, trial)
-            except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
-                self.steps.append(StepRecord(len(self.steps), trial, "rolled-back", {}, note=str(exc),
-                                             seconds=time.perf_counter() - t0))
-                self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
-                step /= 2
-                continue
-            if candidate_plan == plan:  # the granule swallowed this increment
-                ratio = trial
-                continue
-            if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
-                step /= 2
-                continue
-            if self.settings.finetune_steps:
-                torch.manual_seed(self.settings.seed)
-                self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
-                candidate.eval()
-            metrics = self.evaluate(candidate)
-            value = metrics[self.metric_budget.metric]
-            record = StepRecord(len(self.steps), trial, "accepted", metrics,
-                                channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
-                                search=choice.summary())
-            if not self.metric_budget.holds(value, self.dense_value):
-                record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
-                record.seconds = time.perf_counter() - t0
-                self.steps.append(record)
-                rejected.add(record.plan_digest)
-                self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
-                step /= 2
-                continue
-            _, latency = self.measure(candidate, f"step{record.index}")
-            record.latency = latency.to_dict()
-            record.macs, record.params = self.count(candidate)
+    # -- checkpoints: every step lands on disk, so an interrupted run resumes where it stopped ------------------
+    def checkpoint(self, model: nn.Module, plan: Plan, ratio: float, step: float, rejected: set[str],
+                   best: StepRecord) -> None:
+        folder = self.work.parent
+        torch.save(model.state_dict(), folder / ".checkpoint.pt.tmp")
+        state = {
+            "run_key": self.key, "ratio": ratio, "step": step, "rejected": sorted(rejected), "best": best.index,
+            "steps": [asdict(s) for s in self.steps], "plan": plan.model_dump(mode="json"),
+            "dense_value": self.dense_value, "dense_hash": self.dense_hash, "dense_ms": self.dense_ms,
+            "budget_ms": self.budget_ms, "metric_threshold": self.metric_threshold,
+            "dense_artifact": [str(self.dense_artifact.exported), str(self.dense_artifact.built),
+                               self.dense_artifact.max_abs_error],
+            "cost": self.cost.model_dump(mode="json") if self.settings.strategy == "knapsack" else None,
+            "cost_path": str(self.cost_path) if self.settings.strategy == "knapsack" else None,
+            "local": self.local,
+        }
+        (folder / ".checkpoint.json.tmp").write_text(json.dumps(state))
+        (folder / ".checkpoint.pt.tmp").replace(folder / CHECKPOINT_WEIGHTS)
+        (folder / ".checkpoint.json.tmp").replace(folder / CHECKPOINT)
+
+    def restore(self) -> tuple[nn.Module, Plan, float, float, set[str], StepRecord] | None:
+        path = self.work.parent / CHECKPOINT
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        if state["run_key"] != self.key:
+            raise RunFolderError(f"{path.parent} holds an interrupted run of other settings; remove it to start over")
+        self.steps = [StepRecord(**s) for s in state["steps"]]
+        self.dense_value, self.dense_hash, self.dense_ms = state["dense_value"], state["dense_hash"], state["dense_ms"]
+        self.budget_ms, self.metric_threshold = state["budget_ms"], state["metric_threshold"]
+        exported, built, error = state["dense_artifact"]
+        self.dense_artifact = Artifact(Path(exported), Path(built), error)
+        if state["cost"] is not None:
+            self.cost = CostModel.model_validate(state["cost"])
+            self.cost_path = Path(state["cost_path"])
+            self.local = state["local"]
+        plan = Plan.model_validate(state["plan"])
+        model = plan.apply(self.task.build(), self.inputs, **self.graph_args)
+        model.load_state_dict(torch.load(self.work.parent / CHECKPOINT_WEIGHTS, weights_only=True))
+        best = next(s for s in self.steps if s.index == state["best"])
+        return model.eval(), plan, state["ratio"], state["step"], set(state["rejected"]), best
+
+    def step(self, model: nn.Module, plan: Plan, ratio: float, step: float, rejected: set[str], best: StepRecord,
+             dense: StepRecord) -> tuple[nn.Module, Plan, float, float, StepRecord, Outcome | None]:
+        """One proposal: returns the (possibly new) model, plan, ratio, step size and best step, and the outcome
+        when the loop ends here. ``rejected`` (plans rolled back from this model) is updated in place."""
+        knapsack = self.settings.strategy == "knapsack"
+        if ratio >= self.settings.max_ratio - 1e-9 and not knapsack:  # the knapsack's ratio only ramps its target
+            reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
+                      f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
+            return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+        if step < self.settings.min_step:
+            reason = (f"the metric budget breaks before the latency budget holds: the best plan measures "
+                      f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
+                      f"{best.metrics[self.metric_budget.metric]:.4g}")
+            return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+        trial = min(self.settings.max_ratio, ratio + step)
+        t0 = time.perf_counter()
+        try:
+            candidate, candidate_plan, choice = self.propose(model, plan, trial)
+        except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
+            if self.settings.strategy == "knapsack":  # bounds, not step size, keep the budget out of reach
+                return model, plan, ratio, step, best, Outcome("infeasible", str(exc), model, plan, dense, best)
+            self.steps.append(StepRecord(len(self.steps), trial, "rolled-back", {}, note=str(exc),
+                                         seconds=time.perf_counter() - t0))
+            self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
+            return model, plan, ratio, step / 2, best, None
+        if candidate_plan == plan:  # the granule swallowed this increment
+            if knapsack and self.dense_ms * (1.0 - trial) <= self.budget_ms:
+                reason = (f"the cost model (corrected ×{self.local:.3f} by the last measurement) finds no further cut "
+                          f"that saves time within the groups' bounds; the best plan measures {best.latency_ms:.4g} ms "
+                          f"> {self.budget_ms:.4g} ms")
+                return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+            return model, plan, trial, step, best, None
+        if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
+            return model, plan, ratio, step / 2, best, None
+        if self.settings.finetune_steps:
+            torch.manual_seed(self.settings.seed)
+            self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
+            candidate.eval()
+        metrics = self.evaluate(candidate)
+        value = metrics[self.metric_budget.metric]
+        record = StepRecord(len(self.steps), trial, "accepted", metrics,
+                            channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
+                            search=choice.summary())
+        if not self.metric_budget.holds(value, self.dense_value):
+            record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
             record.seconds = time.perf_counter() - t0
             self.steps.append(record)
-            self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
-                     f"{latency.median_ms:.4g} ms")
-            model, plan, ratio, best = candidate, candidate_plan, trial, record
-            rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
-            if latency.median_ms <= self.budget_ms:
-                return Outcome("met", "both budgets hold", model, plan, dense, best)
+            rejected.add(record.plan_digest)
+            self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
+            return model, plan, ratio, step / 2, best, None
+        _, latency = self.measure(candidate, f"step{record.index}")
+        record.latency = latency.to_dict()
+        if self.settings.strategy == "knapsack":
+            self.recalibrate(candidate_plan, latency.median_ms)
+        record.macs, record.params = self.count(candidate)
+        record.seconds = time.perf_counter() - t0
+        self.steps.append(record)
+        self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
+                 f"{latency.median_ms:.4g} ms")
+        rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
+        done = Outcome("met", "both budgets hold", candidate, candidate_plan, dense, record) \
+            if latency.median_ms <= self.budget_ms else None
+        return candidate, candidate_plan, trial, step, record, done
 
 
-def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None) -> TuneResult:
+def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None,
+         resume: bool = False) -> TuneResult:
     """Run the loop for ``settings`` and publish the bundle to ``out`` (atomically).
 
-    An identical finished run already in ``out`` is returned as it is; a different one is an error.
+    An identical finished run already in ``out`` is returned as it is; a different one is an error. The run is
+    staged in a hidden sibling folder with a checkpoint after every step; if it is interrupted the folder stays,
+    and ``resume=True`` continues from the last step (without it, an interrupted run of the same settings is an
+    error rather than silently thrown away).
     """
     target = load_target(settings.target)
     key = run_key(settings, target)
@@ -324,19 +449,30 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
         log(f"{out} already holds this run; nothing to do")
         return TuneResult(previous["status"], previous["reason"], out, previous)  # type: ignore[arg-type]
     staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "work").mkdir(parents=True)
+    interrupted = staging / CHECKPOINT
+    if interrupted.is_file() and json.loads(interrupted.read_text()).get("run_key") == key:
+        if not resume:
+            raise RunFolderError(f"an interrupted run of these settings is in {staging}: add --resume to continue "
+                                 f"it, or remove that folder to start over")
+    else:
+        if resume:
+            log(f"nothing to resume in {staging}; starting a new run")
+        shutil.rmtree(staging, ignore_errors=True)
+    (staging / "work").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        loop = _Loop(settings, target, staging / "work", log)
-        outcome = loop.run()
+        loop = _Loop(settings, target, staging / "work", key, log)
+        outcome = loop.run(resume=resume)
         manifest = _write_bundle(loop, staging, key, outcome, time.perf_counter() - started)
         shutil.rmtree(staging / "work")
+        for name in (CHECKPOINT, CHECKPOINT_WEIGHTS):
+            (staging / name).unlink()
         if out.exists():
             out.rmdir()  # existing_run allowed only an empty folder
         staging.rename(out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (staging / CHECKPOINT).is_file():  # nothing worth resuming: leave nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     return TuneResult(outcome.status, outcome.reason, out, manifest, loop.steps)
 
@@ -387,9 +523,12 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
         "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},
         "steps": [asdict(s) for s in loop.steps],
         "measurements": sum(1 for s in loop.steps if s.latency is not None),
+        "cost_model": ({"path": str(loop.cost_path), "calibration": loop.cost.calibration.model_dump(mode="json")}
+                       if loop.settings.strategy == "knapsack" else None),
     }
     write_report(folder, manifest)
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+                         if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
 

@@ -11,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.coefficients import ChoiceInfo, CoefficientError, GradientSettings, GridSettings, choose, policy_sparsity
+from edgeprune.coefficients import (
+    ChoiceInfo,
+    CoefficientError,
+    GradientSettings,
+    GridSettings,
+    choose,
+    choose_for_latency,
+    policy_sparsity,
+)
+from edgeprune.cost import CostModel, GroupLUT
 from edgeprune.graph import ComponentGraph
 from edgeprune.masks import channel_masks
 from edgeprune.plan import Plan, keep_count, prune_uniform
@@ -161,10 +170,10 @@ def test_pendulum_gradient_is_cheap_protects_the_latent_and_replays() -> None:
 
 
 # -- mechanics on a small synthetic task -------------------------------------------------------------------------
-def test_component_caps_hold_for_grid_and_gradient(two_part) -> None:
+def test_component_caps_hold_for_global_grid_and_gradient(two_part) -> None:
     task = _distil_task(two_part)
     plan = _dense_plan(task, two_part)
-    for strategy in ("grid", "gradient"):
+    for strategy in ("global", "grid", "gradient"):
         pruned, new_plan, info = _run(task, two_part, plan, 0.4, strategy, component_ratios={"decoder": 0.25})
         _in_band(info, new_plan)
         assert new_plan.kept("decoder.1") >= keep_count(48, 0.25, GRANULE), strategy
@@ -225,3 +234,61 @@ def test_unknown_strategy_and_unreachable_band_are_value_errors(two_part) -> Non
         _run(task, two_part, plan, 0.5, "random")
     with pytest.raises(CoefficientError, match=r"0.680..0.720 is unreachable: this model and plan allow 0.000..0.194"):
         _run(task, two_part, plan, 0.7, component_ratios={"encoder": 0.2, "decoder": 0.2})
+
+
+def test_global_ranking_is_normalised_per_component(two_part) -> None:
+    """Scaling every decoder weight by 100 changes no decision: each component's scores are divided by their mean,
+    so one global ranking neither spares the loud decoder nor wipes out the quiet encoder."""
+    task = _distil_task(two_part, with_loss=False)  # magnitude importance: the scale is all it sees
+    pruned, plan, info = _run(task, two_part, _dense_plan(task, two_part), 0.5, "global")
+    _in_band(info, plan)
+    _same_outputs(task, pruned, plan)
+    loud = copy.deepcopy(two_part)
+    with torch.no_grad():
+        for parameter in loud.decoder.parameters():
+            parameter.mul_(100.0)
+    loud_task = _distil_task(loud, with_loss=False)
+    _, loud_plan, _ = _run(loud_task, loud, _dense_plan(loud_task, loud), 0.5, "global")
+    assert loud_plan.groups == plan.groups
+    assert plan.kept("decoder.1") < 48 and plan.kept("encoder.3") < 64  # both components give channels
+
+
+def _hand_cost() -> CostModel:
+    """A cost model written by hand for TwoPart, in the real format: encoder.0's layer and decoder.1's layer get
+    faster with fewer channels; encoder.3's layer takes the same time at any width (as a memory-bound or
+    launch-bound layer does on real targets)."""
+    def lut(width: int, dense: float, flat: bool = False) -> GroupLUT:
+        kept = tuple(range(GRANULE, width + 1, GRANULE))
+        return GroupLUT(width=width, kept=kept, layers={
+            f"layer-{width}": tuple(dense if flat else dense * k / width for k in kept)})
+    return CostModel(task="two-part", granule=GRANULE, dense_ms=4.0,
+                     dense_layers={"layer-32": 1.0, "layer-64": 1.0, "layer-48": 2.0},
+                     layer_components={"layer-32": "encoder", "layer-64": "encoder", "layer-48": "decoder"},
+                     groups={"encoder.0": lut(32, 1.0), "encoder.3": lut(64, 1.0, flat=True),
+                             "decoder.1": lut(48, 2.0)})
+
+
+def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+    args = {"inputs": task.example_inputs(), "granule": GRANULE, "output_layers": OUT}
+    pruned, new_plan, info = choose_for_latency(task, two_part, plan, cost, 2.0, **args)
+    assert info.predicted_ms is not None and info.predicted_ms <= 2.0
+    assert cost.predict_ms(new_plan) == pytest.approx(info.predicted_ms)
+    assert new_plan.kept("encoder.3") == 64  # removing its channels buys nothing on this target
+    assert new_plan.kept("encoder.0") < 32 and new_plan.kept("decoder.1") < 48
+    assert list(info.objective) == sorted(info.objective, reverse=True)  # every removal saved time
+    _same_outputs(task, pruned, new_plan)
+    # at 2.6 ms the decoder alone gives the time; once the encoder may take at most 60 % of the budget, its
+    # time-saving group is cut too (and its flat one still is not)
+    _, loose, _ = choose_for_latency(task, two_part, plan, cost, 2.6, **args)
+    _, shared, _ = choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.6}, **args)
+    assert loose.kept("encoder.0") == 32 and cost.component_ms(loose)["encoder"] > 0.6 * 2.6
+    assert cost.component_ms(shared)["encoder"] <= 0.6 * 2.6 + 1e-9
+    assert shared.kept("encoder.0") < 32 and shared.kept("encoder.3") == 64
+    with pytest.raises(CoefficientError, match="out of reach for the budget: the cost model predicts"):
+        choose_for_latency(task, two_part, plan, cost, 1.0, **args)
+    with pytest.raises(CoefficientError, match="out of reach for component 'encoder'"):
+        choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.1}, **args)
+    with pytest.raises(CoefficientError, match="unknown components: policy"):
+        choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"policy": 0.5}, **args)

@@ -141,3 +141,72 @@ def test_grid_strategy_chooses_each_steps_coefficients_on_the_metric(tmp_path: P
     assert search["strategy"] == "grid" and search["within_tolerance"] and abs(search["sparsity"] - 0.3) <= 0.03
     assert 1 <= search["evaluations"] <= 25 and step["metrics"]["psnr"] >= 15
     assert "grid → sparsity" in (tmp_path / "grid" / "report.md").read_text()
+
+
+def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEPRUNE_PROFILES", str(tmp_path / "profiles"))
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
+                            metric_budget="psnr>=20", step=0.5, strategy="knapsack", cost_stride=4, finetune_steps=20)
+    result = tune(settings, tmp_path / "knapsack")
+    assert result.status == "met", result.reason
+    manifest = result.manifest
+    cost = manifest["cost_model"]
+    assert Path(cost["path"]).is_file() and Path(cost["path"]).is_relative_to(tmp_path / "profiles")
+    accepted = [s for s in manifest["steps"] if s["status"] == "accepted"]
+    assert accepted and all(s["search"]["strategy"] == "knapsack" for s in accepted)
+    # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
+    # model's own points: dense + 6 random plans; then this run's dense and its steps)
+    assert all(s["search"]["predicted_ms"] > 0 for s in accepted)
+    assert len(cost["calibration"]["points"]) == 7 + 1 + len(accepted)
+    assert manifest["measurements"] == 1 + len(accepted)
+
+
+INTERRUPTIBLE = '''
+import dataclasses
+import os
+
+from edgeprune.zoo.autoencoder import digits_autoencoder
+
+
+def make():
+    """The digits autoencoder, but its n-th fine-tune is interrupted as by Ctrl-C (n from the environment)."""
+    task = digits_autoencoder()
+    calls = {"n": 0}
+
+    def finetune(model, steps):
+        calls["n"] += 1
+        if str(calls["n"]) == os.environ.get("INTERRUPT_AT_FINETUNE"):
+            raise KeyboardInterrupt
+        task.finetune(model, steps)
+
+    return dataclasses.replace(task, finetune=finetune)
+'''
+
+
+def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_target: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "interruptible.py"
+    spec.write_text(INTERRUPTIBLE)
+    settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=20,
+                            step=0.2, metric_budget="psnr>=30")
+    out, staging = tmp_path / "run", tmp_path / ".run.partial"
+    monkeypatch.setenv("INTERRUPT_AT_FINETUNE", "2")
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, out)
+    assert not out.exists() and (staging / "checkpoint.json").is_file()
+    before = json.loads((staging / "checkpoint.json").read_text())["steps"]
+    assert [s["status"] for s in before] == ["dense", "accepted"]
+    with pytest.raises(RunFolderError, match="add --resume to continue it"):
+        tune(settings, out)
+    monkeypatch.delenv("INTERRUPT_AT_FINETUNE")
+    result = tune(settings, out, resume=True)
+    assert result.status == "met" and not staging.exists()
+    steps = result.manifest["steps"]
+    assert steps[:2] == before  # the steps done before the interruption are taken over, not redone
+    assert len(steps) > 2 and steps[-1]["status"] == "accepted"
+    assert {p.name for p in out.iterdir()} >= {"manifest.json", "plan.json", "weights.pt"}
+    assert not {"checkpoint.json", "checkpoint.pt"} & {p.name for p in out.iterdir()}
+    # the resumed run's weights are what its plan and fine-tuning made: reload and evaluate as published
+    task, model = load_pruned(out)
+    assert task.evaluate(model)["psnr"] == pytest.approx(result.manifest["pruned"]["metrics"]["psnr"])
