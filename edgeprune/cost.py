@@ -151,7 +151,10 @@ class CostModel(BaseModel):
 
     # -- storage ---------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.model_dump(mode="json"), indent=1))
+        """Written under a temporary name and renamed: a killed save never leaves a half-written model."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=1))
+        tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> CostModel:

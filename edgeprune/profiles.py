@@ -50,12 +50,6 @@ def profile_key(facts: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 class ProfileStore:
     """``ROOT/TASK/TARGET-KEY.csv`` (+ ``.json`` provenance) and ``TARGET-KEY.cost.json``."""
 
@@ -91,7 +85,7 @@ class ProfileStore:
     def save_cost(self, model: CostModel, task: str, target: str, key: str) -> Path:
         path = self.cost_path(task, target, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(model.model_dump(mode="json"), indent=1))
+        model.save(path)
         return path
 
 

@@ -34,11 +34,12 @@ from torch import nn
 
 import edgeprune
 from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
-from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose, choose_for_latency
+from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose
 from edgeprune.cost import CostModel
 from edgeprune.export import Artifact, build_artifact, sha256_file, state_dict_hash, to_numpy
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy
+from edgeprune.knapsack import choose_for_latency
 from edgeprune.plan import Plan
 from edgeprune.profiling import attribute, save_profile
 from edgeprune.runtimes import Latency, Runtime, get_runtime

@@ -17,11 +17,11 @@ from edgeprune.coefficients import (
     GradientSettings,
     GridSettings,
     choose,
-    choose_for_latency,
     policy_sparsity,
 )
 from edgeprune.cost import CostModel, GroupLUT
 from edgeprune.graph import ComponentGraph
+from edgeprune.knapsack import choose_for_latency
 from edgeprune.masks import channel_masks
 from edgeprune.plan import Plan, keep_count, prune_uniform
 from edgeprune.task import Task, load_task
