@@ -33,6 +33,7 @@ def choose_for_latency(
     flow_combine: Combine = "min",
     component_ratios: Mapping[str, float] | None = None,
     component_shares: Mapping[str, float] | None = None,
+    best_effort: bool = False,
     seed: int = 0,
     max_group_ratio: float = 0.9,
     importance_batches: int = 8,
@@ -48,7 +49,9 @@ def choose_for_latency(
     not where FLOPs are. ``component_shares`` caps a component's predicted time at a share of the budget (an
     encoder that may take at most 30 % of it): while one is over, only groups touching it are cut. Flow policy,
     component ratio caps and ``max_group_ratio`` bound every group as in :func:`choose`. Raises
-    :class:`CoefficientError` when the bounds leave the budget out of reach, naming the best prediction.
+    :class:`CoefficientError` when the bounds leave the budget out of reach, naming the best prediction — or, with
+    ``best_effort``, returns the plan at the bounds with that in its notes: a prediction alone should not end a
+    run that a measurement might still carry (the tune loop measures it).
     """
     if budget_ms <= 0:
         raise CoefficientError(f"latency budget must be positive, got {budget_ms:g} ms")
@@ -96,10 +99,13 @@ def choose_for_latency(
                 best = (lost / saved, g.key, lo)
         if best is None:
             what = f"component {target!r} over {shares[target]:.0%} of the budget" if target else "the budget"
-            raise CoefficientError(
-                f"latency budget {budget_ms:.4g} ms is out of reach for {what}: the cost model predicts "
-                f"{predicted:.4g} ms with every group at its bound (flow policy {flow_policy}, caps, "
-                f"max_group_ratio {max_group_ratio:g}, granule {granule})")
+            message = (f"latency budget {budget_ms:.4g} ms is out of reach for {what}: the cost model predicts "
+                       f"{predicted:.4g} ms with every group at its bound (flow policy {flow_policy}, caps, "
+                       f"max_group_ratio {max_group_ratio:g}, granule {granule})")
+            if not best_effort:
+                raise CoefficientError(message)
+            notes.append(message + "; planned at the bounds for a measurement to decide")
+            break
         _, key, lo = best
         position[key] += 1
         counts[key] = lo

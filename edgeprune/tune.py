@@ -274,7 +274,8 @@ class _Loop:
             return choose_for_latency(
                 self.task, model, plan, self.cost, target_ms, inputs=self.inputs, granule=self.target.granule,
                 flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
-                component_shares=s.component_shares, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)
+                component_shares=s.component_shares, seed=s.seed, max_group_ratio=s.max_ratio, best_effort=True,
+                **self.graph_args)
         return choose(s.strategy, self.task, model, plan, ratio, inputs=self.inputs, granule=self.target.granule,
                       flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
                       epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)

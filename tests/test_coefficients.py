@@ -288,6 +288,10 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
     assert shared.kept("encoder.0") < 32 and shared.kept("encoder.3") == 64
     with pytest.raises(CoefficientError, match="out of reach for the budget: the cost model predicts"):
         choose_for_latency(task, two_part, plan, cost, 1.0, **args)
+    # best effort (what the tune loop asks for): the plan at the bounds, for a measurement to decide
+    _, bounds, effort = choose_for_latency(task, two_part, plan, cost, 1.0, best_effort=True, **args)
+    assert any("out of reach" in note for note in effort.notes)
+    assert bounds.kept("decoder.1") == keep_count(48, 0.9, GRANULE) and bounds.kept("encoder.0") == keep_count(32, 0.9, GRANULE)
     with pytest.raises(CoefficientError, match="out of reach for component 'encoder'"):
         choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.1}, **args)
     with pytest.raises(CoefficientError, match="unknown components: policy"):
