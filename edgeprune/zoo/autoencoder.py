@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import math
 import os
 import time
 from collections import OrderedDict
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.task import Task, TaskError
-from edgeprune.zoo import CHECKPOINTS
+from edgeprune.zoo import CHECKPOINTS, fit
 
 FASHION_ENV = "EDGEPRUNE_FASHION_MNIST"
 FASHION_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -221,28 +220,6 @@ def reconstruction_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(model(batch), batch)
 
 
-def fit(model: nn.Module, batches: Iterator[torch.Tensor], steps: int, optimiser: torch.optim.Optimizer, *,
-        cosine: bool = False) -> float:
-    """Minimise reconstruction MSE for ``steps`` batches, in place; returns the mean loss of the last 50 steps.
-
-    ``cosine`` decays the learning rate to zero over the run. Leaves the model in eval mode (BatchNorm uses its
-    running statistics from then on).
-    """
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, (lambda i: 0.5 * (1 + math.cos(math.pi * i / steps))) if cosine else (lambda _: 1.0))
-    model.train()
-    recent: list[float] = []
-    for _ in range(steps):
-        loss = reconstruction_loss(model, next(batches))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        recent = [*recent[-49:], loss.item()]
-    model.eval()
-    return sum(recent) / len(recent) if recent else math.nan
-
-
 def finetune_optimiser(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=FINETUNE_LR, momentum=FINETUNE_MOMENTUM, nesterov=True)
 
@@ -268,7 +245,7 @@ def make_task(variant: Variant) -> Task:
         return batch_stream(variant.images().train, seed, variant.batch_size)
 
     def finetune(model: nn.Module, steps: int) -> None:
-        fit(model, batches(0), steps, finetune_optimiser(model))  # nothing else is random: same in, same out
+        fit(model, reconstruction_loss, batches(0), steps, finetune_optimiser(model))  # nothing else is random: same in, same out
 
     return Task(
         name=variant.name,
@@ -294,7 +271,8 @@ def train(variant: Variant, seed: int, out: Path) -> dict[str, object]:
     model = variant.model()
     optimiser = torch.optim.Adam(model.parameters(), lr=variant.lr)
     start, cpu_start = time.perf_counter(), time.process_time()
-    final_loss = fit(model, batch_stream(images.train, seed, variant.batch_size), variant.train_steps, optimiser,
+    final_loss = fit(model, reconstruction_loss, batch_stream(images.train, seed, variant.batch_size), variant.train_steps,
+                     optimiser,
                      cosine=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     metrics = evaluate_images(model, images.test)

@@ -11,7 +11,6 @@ Train the shipped checkpoint with ``python -m edgeprune.zoo.train pendulum-agent
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from edgeprune.task import Task
-from edgeprune.zoo import CHECKPOINTS
+from edgeprune.zoo import CHECKPOINTS, single_thread
 
 ENV_ID = "Pendulum-v1"
 OBS_DIM = 3
@@ -92,22 +91,6 @@ class PendulumAgent(nn.Module):
             discount *= self.gamma
         value = value + discount * self.q_min(z, self.pi(z))
         return torch.cat([value, first_action], dim=-1)
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the block, then restore the caller's setting.
-
-    This agent's ops are tiny (batches of a few hundred rows, width 128), so a second thread gains little; and
-    when the other core is busy, torch's 2-thread OpenMP regions stall on every op (measured on a 2-core machine
-    beside a busy process: evaluating 5 episodes took over 200 s on 2 threads, 5.4 s on one).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def build_agent() -> PendulumAgent:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.zoo import single_thread
 from edgeprune.zoo.pendulum import (
     ACTION_DIM,
     CANDIDATES,
@@ -30,7 +31,6 @@ from edgeprune.zoo.pendulum import (
     Replay,
     agent_loss,
     evaluate,
-    single_thread,
 )
 
 

@@ -14,7 +14,6 @@ Retrain the checkpoint with ``python -m edgeprune.zoo.train digits-resnet --seed
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.task import Task, TaskError
-from edgeprune.zoo import CHECKPOINTS
+from edgeprune.zoo import CHECKPOINTS, fit, single_thread
 from edgeprune.zoo.autoencoder import SPLIT_SEED, digits_images
 
 NAME = "digits-resnet"
@@ -170,19 +169,6 @@ def example_inputs() -> tuple[torch.Tensor, ...]:
 
 
 # -- objectives ----------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch intra-op thread for the block (restored after). A training step took 1.2 s on two threads beside a
-    busy process and 0.26 s on one: 2-thread OpenMP regions stall when the other core is taken. (Pendulum's helper
-    is the same, but importing it pulls in gymnasium.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def classification_loss(model: nn.Module, batch: object) -> torch.Tensor:
     """Mean cross-entropy of ``model`` on an ``(images, labels)`` batch."""
     images, labels = batch  # type: ignore[misc]
@@ -205,32 +191,11 @@ def evaluate(model: nn.Module) -> dict[str, float]:
     }
 
 
-def fit(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
-        optimiser: torch.optim.Optimizer, *, cosine: bool = False) -> float:
-    """Minimise cross-entropy for ``steps`` batches in place (one thread); mean loss of the last 50 steps.
-
-    ``cosine`` decays the learning rate to zero over the run. Leaves the model in eval mode.
-    """
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, (lambda i: 0.5 * (1 + math.cos(math.pi * i / steps))) if cosine else (lambda _: 1.0))
-    model.train()
-    recent: list[float] = []
-    with single_thread():
-        for _ in range(steps):
-            loss = classification_loss(model, next(batches))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            recent = [*recent[-49:], loss.item()]
-    model.eval()
-    return sum(recent) / len(recent) if recent else math.nan
-
-
 def finetune(model: nn.Module, steps: int) -> None:
     """SGD-Nesterov on augmented batches from the fixed seed 0: the same model and steps give the same weights."""
     optimiser = torch.optim.SGD(model.parameters(), lr=FINETUNE_LR, momentum=FINETUNE_MOMENTUM, nesterov=True)
-    fit(model, batch_stream(0), steps, optimiser)
+    with single_thread():
+        fit(model, classification_loss, batch_stream(0), steps, optimiser)
 
 
 def build() -> DigitsResNet:
@@ -317,7 +282,8 @@ def train_digits_resnet(seed: int, out: Path, config: TrainConfig | None = None)
     optimiser = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)
     start, cpu_start = time.perf_counter(), time.process_time()
-    final_loss = fit(model, batch_stream(seed), cfg.steps, optimiser, cosine=True)
+    with single_thread():
+        final_loss = fit(model, classification_loss, batch_stream(seed), cfg.steps, optimiser, cosine=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     metrics = evaluate(model)
     out.mkdir(parents=True, exist_ok=True)
