@@ -271,9 +271,8 @@ def train(variant: Variant, seed: int, out: Path) -> dict[str, object]:
     model = variant.model()
     optimiser = torch.optim.Adam(model.parameters(), lr=variant.lr)
     start, cpu_start = time.perf_counter(), time.process_time()
-    final_loss = fit(model, reconstruction_loss, batch_stream(images.train, seed, variant.batch_size), variant.train_steps,
-                     optimiser,
-                     cosine=True)
+    stream = batch_stream(images.train, seed, variant.batch_size)
+    final_loss = fit(model, reconstruction_loss, stream, variant.train_steps, optimiser, cosine=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     metrics = evaluate_images(model, images.test)
     torch.save(model.state_dict(), out / f"{variant.name}.pt")
