@@ -7,11 +7,20 @@ task's default metric budget and the same fine-tune steps after every pruning st
 - ``edgeprune``: ``tune --strategy knapsack`` — component-aware (flow groups protected), planned on the target's
   measured cost model (built on the first budget, reused from profiles/ on the next), rolled back when the metric
   breaks, recalibrated by every measurement;
+- ``edgeprune-gradient``: ``tune --strategy gradient`` — the same loop and cost model, each step's per-group cut
+  learnt by gradient descent on the task's loss against the cost model's differentiable latency;
 - ``knapsack-flat``: the same loop and cost model with the whole model as one component (no interfaces protected
   but the output layers, importance not normalised per component);
 - ``tp-global`` / ``tp-uniform``: Torch-Pruning's MetaPruner (global magnitude ranking / the same ratio in every
   group), one-shot from the dense model at ratio 0.1, 0.2, …, each candidate fine-tuned, evaluated and measured,
   until the measured latency meets the budget (the metric budget is reported, not enforced: they do not roll back).
+
+digits-resnet's components are the stages of one CNN and its residual additions are flow groups, so both
+edgeprune methods run it with ``--flow-policy joint`` (interfaces cut consistently in every stage): under the
+default ``protect`` every stage keeps its width and 0.35x is out of reach (the 2026-11-21 run).
+
+``--methods`` reruns only those methods; rows of the other methods are kept from the previous results (their
+``measured`` column says when).
 
 Writes bench/results/latency_budget.csv and .md; rows are journalled so a killed run resumes.
 """
@@ -44,6 +53,8 @@ from edgeprune.tune import TuneSettings, tune
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"digits-autoencoder": 40, "digits-resnet": 40, "pendulum-agent": 200}
 COST_STRIDE = {"pendulum-agent": 2}  # 12 groups of 128: every other granule step keeps its cost model to ~6 min
+FLOW_POLICY = {"digits-resnet": "joint"}  # see the module docstring
+EDGEPRUNE = {"edgeprune": "knapsack", "edgeprune-gradient": "gradient", "knapsack-flat": "knapsack"}
 TARGET = "cpu"
 
 
@@ -92,9 +103,10 @@ def edgeprune_run(task: Task, method: str, budget: str, work: Path) -> dict[str,
     if method == "knapsack-flat":
         components = {"model": [name for name, child in task.build().named_children()
                                 if any(True for _ in child.parameters())]}
-    settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy="knapsack",
+    settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=EDGEPRUNE[method],
                             finetune_steps=FINETUNE[task.name], cost_stride=COST_STRIDE.get(task.name, 1),
-                            components=components, step=0.5)
+                            components=components, step=0.5,
+                            flow_policy="protect" if components else FLOW_POLICY.get(task.name, "protect"))
     result = tune(settings, work / f"{task.name}-{method}-{budget}")
     pruned = result.manifest["pruned"]
     budgets = result.manifest["budgets"]
@@ -108,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["digits-autoencoder", "digits-resnet", "pendulum-agent"])
     parser.add_argument("--budgets", nargs="+", default=["0.5x", "0.35x"])
-    parser.add_argument("--methods", nargs="+", default=["edgeprune", "knapsack-flat", "tp-global", "tp-uniform"])
+    parser.add_argument("--methods", nargs="+",
+                        default=["edgeprune", "edgeprune-gradient", "knapsack-flat", "tp-global", "tp-uniform"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = RESULTS / ".latency_budget-work"
@@ -131,11 +144,12 @@ def main() -> None:
                 if (name, budget, method) in done:
                     continue
                 print(f"{name} {budget} {method} …", flush=True)
-                if method in ("edgeprune", "knapsack-flat"):
+                if method in EDGEPRUNE:
                     row = edgeprune_run(task, method, budget, work)
                 else:
                     row = baseline(task, method, budget_ms, metric, dense_value)
-                row = {"task": name, "budget": budget, "method": method, "dense_ms": dense_ms,
+                row = {"task": name, "budget": budget, "method": method, "measured": dt.date.today().isoformat(),
+                       "dense_ms": dense_ms,
                        "dense_metric": dense_value, "metric_budget": str(metric), **row,
                        "speedup": dense_ms / row["latency_ms"], "mac_reduction": dense_macs / row["macs"]}
                 row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
@@ -144,15 +158,26 @@ def main() -> None:
                 done[(name, budget, method)] = row
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     frame = pd.DataFrame([done[k] for k in done if k[0] in args.tasks])
-    frame.to_csv(RESULTS / "latency_budget.csv", index=False)
+    previous = RESULTS / "latency_budget.csv"
+    if previous.is_file():  # rows of methods not rerun stay as they were measured
+        old = pd.read_csv(previous)
+        old = old[~old.set_index(["task", "budget", "method"]).index.isin(frame.set_index(["task", "budget", "method"]).index)]
+        frame = pd.concat([old.assign(measured=old.get("measured", "2026-11-21")), frame], ignore_index=True)
+    order = {m: i for i, m in enumerate(["edgeprune", "edgeprune-gradient", "knapsack-flat", "tp-global", "tp-uniform"])}
+    frame = frame.sort_values(["task", "budget", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                              ascending=[True, False, True], ignore_index=True)
+    frame.to_csv(previous, index=False)
     shown = frame[["task", "budget", "method", "status", "metric", "dense_metric", "latency_ms", "dense_ms", "speedup",
-                   "mac_reduction", "speedup_per_mac_reduction", "measurements", "wall_s"]]
+                   "mac_reduction", "speedup_per_mac_reduction", "measurements", "wall_s", "measured"]]
     text = (f"# Latency budget: edgeprune vs Torch-Pruning baselines\n\n"
-            f"`python bench/latency_budget.py --tasks {' '.join(args.tasks)} --budgets {' '.join(args.budgets)}` — "
+            f"`python bench/latency_budget.py --tasks {' '.join(args.tasks)} --budgets {' '.join(args.budgets)}"
+            f"{' --methods ' + ' '.join(args.methods) if args.methods != parser.get_default('methods') else ''}` — "
             f"target `{TARGET}` ({platform.processor() or platform.machine()}, ONNX Runtime, 1 thread), "
             f"{dt.date.today().isoformat()}. Fine-tune steps after every pruning step: {FINETUNE}. Latencies are "
             f"medians of fresh-session medians, measured; `wall_s` of edgeprune includes building the cost model on "
-            f"a task's first budget.\n\n{shown.to_markdown(index=False, floatfmt='.4g')}\n")
+            f"a task's first budget. digits-resnet runs edgeprune with `--flow-policy joint` (its residual additions "
+            f"are flow groups between the stages of one network). `measured`: the day a row was measured (rows of "
+            f"methods not rerun are kept).\n\n{shown.to_markdown(index=False, floatfmt='.4g')}\n")
     (RESULTS / "latency_budget.md").write_text(text)
     print(text)
     shutil.rmtree(work)

@@ -19,6 +19,10 @@ rho ± epsilon:
   value) plus a penalty holding the sparsity inside rho ± epsilon/2, while T anneals geometrically to a hard
   cut. The end is a hard 0/1 mask at the granule (nudged back inside rho ± epsilon, whole granules at a time, if
   rounding left it), which becomes a Plan through ``ComponentGraph.prune``. No metric evaluation is spent.
+  Given a cost model and a latency budget instead, the penalty holds the cost model's *differentiable* latency
+  prediction (:meth:`edgeprune.cost.CostModel.torch_ms`) inside budget · (1 ± epsilon/2), so the coefficients
+  trade the task's loss against measured per-group cost directly; the hard cut is then shrunk, a granule at a
+  time where the prediction saves most, until the staircase prediction is at most budget · (1 + epsilon).
 
 Inside every group, global, grid and gradient remove the channels with the lowest *application importance*: magnitude
 mixed with the measured sensitivity of the task's loss to each channel (:func:`edgeprune.importance.
@@ -49,6 +53,7 @@ import torch
 from torch import nn
 
 from edgeprune.budgets import MetricBudget
+from edgeprune.cost import CostModel, plan_counts
 from edgeprune.graph import ComponentGraph
 from edgeprune.importance import Combine, FlowPolicy, application_scores, mask_sensitivity
 from edgeprune.masks import channel_masks, frozen
@@ -123,7 +128,9 @@ class ChoiceInfo:
     best_metric: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     predicted_ms: float | None = None
-    """Latency knapsack (:mod:`edgeprune.knapsack`): the cost model's prediction for the chosen plan."""
+    """Latency planning (knapsack, gradient with a cost model): the cost model's prediction for the chosen plan."""
+    latency_trace: tuple[float, ...] = ()
+    """Gradient with a cost model: the differentiable latency prediction per step."""
 
     def summary(self) -> dict[str, object]:
         """The part a tune step records: what was reached and what the search cost."""
@@ -246,6 +253,8 @@ def choose(
     sensitivity_weight: float = 0.5,
     grid: GridSettings = GridSettings(),  # a frozen dataclass: immutable
     gradient: GradientSettings = GradientSettings(),  # a frozen dataclass: immutable
+    cost: CostModel | None = None,
+    budget_ms: float | None = None,
     **graph_args: object,
 ) -> tuple[nn.Module, Plan, ChoiceInfo]:
     """Prune a copy of ``model`` (described by ``plan``) to channel sparsity rho ± epsilon (dense-relative, see
@@ -257,8 +266,16 @@ def choose(
     ``granule`` (via ``keep_count``). ``magnitude`` *is* ``prune_uniform(ratio=rho)`` and reports its sparsity
     without enforcing the band; grid and gradient guarantee it or raise :class:`CoefficientError`.
     Deterministic for a ``seed`` (it seeds torch, the loss batches and the grid's sample).
+
+    ``gradient`` with a ``cost`` model and ``budget_ms`` aims at a predicted latency of ``budget_ms`` ± epsilon
+    (relative) instead of a sparsity; rho then only sets where the search starts.
     """
     _validate(strategy, rho, epsilon, max_group_ratio)
+    latency = None
+    if cost is not None or budget_ms is not None:
+        if strategy != "gradient" or cost is None or budget_ms is None or budget_ms <= 0:
+            raise CoefficientError("a latency target needs strategy 'gradient', a cost model and a positive budget")
+        latency = (cost, budget_ms, plan_counts(plan))
     start = time.perf_counter()
     caps = dict(component_ratios or {})
     if strategy == "magnitude":
@@ -281,7 +298,7 @@ def choose(
         task, model, plan, inputs, granule, flow_policy, flow_combine, caps, max_group_ratio, seed,
         importance_batches, sensitivity_weight, grid.clusters, graph_args)
     low, high = space.bounds()
-    if rho + epsilon < low - 1e-9 or rho - epsilon > high + 1e-9:
+    if latency is None and (rho + epsilon < low - 1e-9 or rho - epsilon > high + 1e-9):
         raise CoefficientError(f"sparsity band {rho - epsilon:.3f}..{rho + epsilon:.3f} is unreachable: this model "
                                f"and plan allow {low:.3f}..{high:.3f} (flow policy {flow_policy}, caps, "
                                f"max_group_ratio {max_group_ratio:g}, granule {granule})")
@@ -292,15 +309,16 @@ def choose(
         keeps, searched, result = _grid(task, model, plan, space, rho, epsilon, grid, seed, inputs, graph_args)
     else:
         assert stream is not None and task.loss is not None
-        keeps, searched, result = _gradient(graph, space, task.loss, stream, rho, epsilon, gradient)
+        keeps, searched, result = _gradient(graph, space, task.loss, stream, rho, epsilon, gradient, latency)
     new_plan = space.cut(graph, plan, keeps)
     sparsity = policy_sparsity(new_plan, flow_policy)
     if abs(sparsity - space.sparsity(keeps)) > 1e-9:  # the plan is the truth; the search's arithmetic must agree
         raise PlanError(f"the plan's groups do not match this model's graph (made with other components or "
                         f"output layers?): plan sparsity {sparsity:.4f}, searched {space.sparsity(keeps):.4f}")
     coeffs = {k: 1.0 - len(g.keep) / g.width for k, g in new_plan.groups.items()}
+    within = result.pop("within_tolerance", abs(sparsity - rho) <= epsilon + 1e-9)
     return working, new_plan, ChoiceInfo(
-        strategy, rho, epsilon, sparsity, abs(sparsity - rho) <= epsilon + 1e-9, coeffs, searched, importance,
+        strategy, rho, epsilon, sparsity, within, coeffs, searched, importance,
         search_s=time.perf_counter() - start, notes=tuple(notes + result.pop("notes", [])), **result)
 
 
@@ -503,9 +521,37 @@ def _repair(space: _Space, keeps: dict[str, int], target: Mapping[str, float], r
                            f"(reached {space.sparsity(keeps):.4f}); widen epsilon")
 
 
+def _fit_latency(space: _Space, keeps: dict[str, int], cost: CostModel, budget_ms: float, epsilon: float,
+                 base: Mapping[str, int]) -> tuple[dict[str, int], float, list[str]]:
+    """Shrink the hard cut, one granule where the staircase prediction saves most, until it predicts at most
+    budget · (1 + epsilon); returns the keep counts, their prediction and what was moved."""
+    keeps = dict(keeps)
+    steps = {g.key: g.keep_steps(space.granule) for g in space.free}
+    predicted = cost.predict_ms({**base, **keeps})
+    moves = 0
+    while predicted > budget_ms * (1 + epsilon):
+        options = []
+        for g in space.free:
+            i = steps[g.key].index(keeps[g.key])
+            if i > 0:
+                options.append((cost.predict_ms({**base, **keeps, g.key: steps[g.key][i - 1]}), g.key, steps[g.key][i - 1]))
+        best = min(options, default=None)
+        if best is None or best[0] >= predicted:
+            return keeps, predicted, [(f"the cost model predicts {predicted:.4g} ms > {budget_ms:.4g} ms at the "
+                                       f"groups' bounds; planned there for a measurement to decide")]
+        predicted, key, keep = best
+        keeps[key] = keep
+        moves += 1
+    return keeps, predicted, [f"granule rounding left the prediction above the budget: cut {moves} more granule(s)"] \
+        if moves else []
+
+
 def _gradient(graph: ComponentGraph, space: _Space, loss_fn: object, stream: Iterator[object], rho: float,
-              epsilon: float, settings: GradientSettings) -> tuple[dict[str, int], dict[str, float], dict]:
-    """Optimise per-group keep counts through soft masks; return the hard, granule-rounded cut."""
+              epsilon: float, settings: GradientSettings,
+              latency: tuple[CostModel, float, Mapping[str, int]] | None = None
+              ) -> tuple[dict[str, int], dict[str, float], dict]:
+    """Optimise per-group keep counts through soft masks; return the hard, granule-rounded cut. With ``latency``
+    (cost model, budget ms, the plan's keep counts), the penalty holds the predicted latency, not the sparsity."""
     if settings.steps < 2:
         raise CoefficientError("gradient steps must be at least 2")
     free, model = space.free, graph.model
@@ -528,6 +574,7 @@ def _gradient(graph: ComponentGraph, space: _Space, loss_fn: object, stream: Ite
     masks: dict[str, torch.Tensor] = {g.key: torch.ones(g.current) for g in free}
     objective: list[float] = []
     sparsities: list[float] = []
+    predictions: list[float] = []
     scale = 1.0
     was_training = model.training
     model.eval()
@@ -541,7 +588,13 @@ def _gradient(graph: ComponentGraph, space: _Space, loss_fn: object, stream: Ite
                 if step == 0:
                     scale = max(abs(float(loss.detach())), 1e-12)
                 s = sparsity_of(kept)
-                penalty = torch.relu((s - rho).abs() - epsilon / 2) / epsilon
+                if latency is None:
+                    penalty = torch.relu((s - rho).abs() - epsilon / 2) / epsilon
+                else:
+                    cost, budget_ms, base = latency
+                    ms = cost.torch_ms({**base, **{g.key: k for g, k in zip(free, kept, strict=True)}})
+                    penalty = torch.relu((ms / budget_ms - 1).abs() - epsilon / 2) / epsilon
+                    predictions.append(float(ms.detach()))
                 total = loss / scale + settings.penalty * penalty**2
                 optimiser.zero_grad(set_to_none=True)
                 total.backward()
@@ -553,7 +606,10 @@ def _gradient(graph: ComponentGraph, space: _Space, loss_fn: object, stream: Ite
             continuous = {g.key: float(k) for g, k in zip(free, kept, strict=True)}
             rounded = {g.key: max(g.fewest, min(g.current, keep_count(g.dense, 1 - continuous[g.key] / g.dense,
                                                                        granule))) for g in free}
-            keeps, notes = _repair(space, rounded, continuous, rho, epsilon)
+            if latency is None:
+                keeps, notes = _repair(space, rounded, continuous, rho, epsilon)
+            else:
+                keeps, predicted, notes = _fit_latency(space, rounded, latency[0], latency[1], epsilon, latency[2])
             hard = torch.tensor([float(keeps[g.key]) for g in free])
             masks.update(_soft_masks(free, hard, blocks, granule, None))
             binary = all(bool(((m == 0) | (m == 1)).all()) for m in masks.values())
@@ -563,9 +619,12 @@ def _gradient(graph: ComponentGraph, space: _Space, loss_fn: object, stream: Ite
         model.train(was_training)
     if not binary:
         raise AssertionError("final masks are not exactly 0/1")
-    return keeps, {g.key: 1 - continuous[g.key] / g.dense for g in free}, {
-        "objective": tuple(objective), "sparsity_trace": tuple(sparsities), "masks_binary": binary,
-        "hard_objective": hard_objective, "notes": notes}
+    result = {"objective": tuple(objective), "sparsity_trace": tuple(sparsities), "masks_binary": binary,
+              "hard_objective": hard_objective, "notes": notes}
+    if latency is not None:
+        result.update(predicted_ms=predicted, within_tolerance=predicted <= latency[1] * (1 + epsilon) + 1e-12,
+                      latency_trace=tuple(predictions))
+    return keeps, {g.key: 1 - continuous[g.key] / g.dense for g in free}, result
 
 
 __all__ = ["STRATEGIES", "ChoiceInfo", "CoefficientError", "GradientSettings", "GridSettings", "Strategy", "choose",

@@ -13,6 +13,13 @@ pruned groups shrinks with both (halving both keeps a quarter of its work); the 
 :func:`fixed_costs`) is not scaled. The layer sum is then calibrated against whole-model latency measurements
 (``latency ≈ scale · Σ layers + offset``: session overhead and the profiler's own overhead are not in the layer
 times).
+
+Per-layer profiles miss what a cut saves outside the layers' own kernels: in a model of many small layers
+(an agent's 96 Gemms of 128 channels) the profiler's per-node overhead swamps each layer's change, so the profile
+says a cut saves nothing while the whole model gets faster. Every cut is therefore also timed end to end, and
+what that measurement sees beyond the layers' prediction becomes the group's *residual*: a straight line in the
+channels cut (through zero at the dense width, fitted over the group's samples so one noisy measurement cannot
+make a step), added to the layer sum.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import copy
 import json
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -36,7 +44,7 @@ from edgeprune.plan import Plan, keep_count, prune_to_counts
 from edgeprune.profiling import ORT_FUSED, component_of, node_modules
 from edgeprune.runtimes import Runtime
 
-FORMAT = "edgeprune.cost/1"
+FORMAT = "edgeprune.cost/2"  # /2: residuals from whole-model timings of every cut
 
 
 class CostModelError(ValueError):
@@ -51,6 +59,8 @@ class GroupLUT(BaseModel):
     width: int
     kept: tuple[int, ...] = Field(description="sampled keep counts, ascending; the last is the dense width")
     layers: dict[str, tuple[float, ...]] = Field(description="layer -> ms at each sampled keep count")
+    residual_ms: tuple[float, ...] = Field(
+        (), description="at each sampled keep count, what whole-model timing saw beyond the layers (layer-sum ms)")
 
 
 class Calibration(BaseModel):
@@ -95,16 +105,25 @@ class CostModel(BaseModel):
     provenance: dict[str, object] = Field(default_factory=dict)
 
     # -- prediction ------------------------------------------------------------------------------------------
+    def _at(self, lut: GroupLUT, values: tuple[float, ...], keep: int) -> float:
+        """``values`` (one per sampled keep count) at ``keep``: a partly filled granule step costs its upper end."""
+        step = lut.width if lut.width <= self.granule else min(lut.width, math.ceil(keep / self.granule) * self.granule)
+        if step < lut.kept[0]:
+            raise CostModelError(f"keep {keep} is below the smallest sampled count {lut.kept[0]} of this group")
+        return float(np.interp(step, lut.kept, values))
+
     def _ratio(self, lut: GroupLUT, layer: str, keep: int) -> float:
         """Measured ratio of ``layer``'s variable time (above its fixed cost) with its group at ``keep`` channels."""
         times = lut.layers[layer]
         fixed = self.fixed_layers.get(layer, 0.0)
         dense = times[-1] - fixed
-        step = lut.width if lut.width <= self.granule else min(lut.width, math.ceil(keep / self.granule) * self.granule)
-        if step < lut.kept[0]:
-            raise CostModelError(f"keep {keep} is below the smallest sampled count {lut.kept[0]} of this group")
-        value = float(np.interp(step, lut.kept, times)) - fixed
+        value = self._at(lut, times, keep) - fixed
         return value / dense if dense > 0 else 1.0
+
+    def residual_ms(self, counts: Mapping[str, int]) -> float:
+        """Σ over cut groups of what whole-model timing saw beyond the layers (layer-sum ms; see the module doc)."""
+        return sum(self._at(self.groups[key], self.groups[key].residual_ms, keep) for key, keep in counts.items()
+                   if keep < self.groups[key].width and self.groups[key].residual_ms)
 
     def layer_ms(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Predicted time of every runtime layer with group ``key`` keeping ``counts[key]`` channels."""
@@ -123,19 +142,38 @@ class CostModel(BaseModel):
 
     def predict_ms(self, counts: Mapping[str, int] | Plan) -> float:
         """Predicted end-to-end latency of a plan (or of per-group keep counts)."""
-        if isinstance(counts, Plan):
-            counts = plan_counts(counts)
-        raw = sum(self.layer_ms(counts).values())
-        return self.calibration.scale * raw + self.calibration.offset_ms
+        return self.calibration.scale * self.raw_ms(counts) + self.calibration.offset_ms
 
     def component_ms(self, counts: Mapping[str, int] | Plan) -> dict[str, float]:
-        """Predicted time per component (its layers' sum, scaled like the whole model; the offset is nobody's)."""
+        """Predicted time per component (its layers' sum, scaled like the whole model; the offset and the groups'
+        residuals are nobody's)."""
         times = self.layer_ms(plan_counts(counts) if isinstance(counts, Plan) else counts)
         out: dict[str, float] = {}
         for layer, ms in times.items():
             component = self.layer_components.get(layer, "")
             out[component] = out.get(component, 0.0) + self.calibration.scale * ms
         return out
+
+    def torch_ms(self, counts: Mapping[str, torch.Tensor | float]) -> torch.Tensor:
+        """:meth:`predict_ms` for continuous keep counts, differentiable in them: each LUT is read by linear
+        interpolation between its samples instead of as a staircase, so a gradient exists between granule steps.
+        Equal to :meth:`predict_ms` wherever every count is a sampled one (e.g. a multiple of the granule)."""
+        unknown = set(counts) - set(self.groups)
+        if unknown:
+            raise CostModelError(f"the cost model has no LUT for groups {', '.join(sorted(unknown))}")
+        fixed = self.fixed_layers
+        variable: dict[str, torch.Tensor | float] = {layer: t - fixed.get(layer, 0.0) for layer, t in self.dense_layers.items()}
+        residual: torch.Tensor | float = 0.0
+        for key, keep in counts.items():
+            lut = self.groups[key]
+            for layer, times in lut.layers.items():
+                dense = times[-1] - fixed.get(layer, 0.0)
+                if dense > 0:
+                    variable[layer] = variable[layer] * (_interp(keep, lut.kept, times) - fixed.get(layer, 0.0)) / dense
+            if lut.residual_ms:
+                residual = residual + _interp(keep, lut.kept, lut.residual_ms)
+        raw = sum(fixed.values()) + sum(variable.values()) + residual
+        return self.calibration.scale * torch.as_tensor(raw) + self.calibration.offset_ms
 
     def staircase(self, key: str) -> list[tuple[int, float]]:
         """Predicted latency of the model with only group ``key`` cut, at each sampled keep count."""
@@ -146,8 +184,9 @@ class CostModel(BaseModel):
         return self.model_copy(update={"calibration": Calibration.fit(points)})
 
     def raw_ms(self, counts: Mapping[str, int] | Plan) -> float:
-        """Σ predicted layer times, before calibration: the x of a calibration point."""
-        return sum(self.layer_ms(plan_counts(counts) if isinstance(counts, Plan) else counts).values())
+        """Σ predicted layer times plus the groups' residuals, before calibration: the x of a calibration point."""
+        counts = plan_counts(counts) if isinstance(counts, Plan) else counts
+        return sum(self.layer_ms(counts).values()) + self.residual_ms(counts)
 
     # -- storage ---------------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -159,9 +198,24 @@ class CostModel(BaseModel):
     @classmethod
     def load(cls, path: Path) -> CostModel:
         try:
-            return cls.model_validate_json(path.read_text())
+            model = cls.model_validate_json(path.read_text())
         except (OSError, ValueError) as exc:
             raise CostModelError(f"cannot read cost model {path}: {str(exc).splitlines()[0]}") from exc
+        if model.format != FORMAT:
+            raise CostModelError(f"cost model {path} is in format {model.format!r}, this edgeprune reads {FORMAT!r}; "
+                                 f"measure it again (edgeprune profile --cost-model --refresh)")
+        return model
+
+
+def _interp(x: torch.Tensor | float, xs: Sequence[float], ys: Sequence[float]) -> torch.Tensor:
+    """Piecewise-linear ``ys(xs)`` at ``x``, differentiable in ``x``; held constant outside the samples."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    if len(xs) == 1:
+        return torch.tensor(float(ys[0]), dtype=torch.float64)
+    grid, values = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+    x = x.clamp(grid[0], grid[-1])
+    i = int(torch.searchsorted(grid, x.detach().reshape(1), right=True).clamp(1, len(xs) - 1))
+    return values[i - 1] + (x - grid[i - 1]) / (grid[i] - grid[i - 1]) * (values[i] - values[i - 1])
 
 
 def plan_counts(plan: Plan) -> dict[str, int]:
@@ -230,6 +284,29 @@ def random_counts(plan: Plan, granule: int, rng: random.Random, groups: list[str
     }
 
 
+def with_residuals(model: CostModel, cut_ms: Mapping[str, Sequence[float | None]]) -> CostModel:
+    """``model`` with each group's residual fitted from ``cut_ms``, the whole-model latencies of its sampled cuts
+    (every sampled keep count but the dense width, in order).
+
+    A cut's residual is its measured saving, in layer-sum ms (divided by dense latency / dense layer sum), minus
+    the saving its layers predict. The group's residual line is the least-squares slope of those over the fraction
+    of channels cut, through zero at the dense width.
+    """
+    to_layer_ms = model.raw_ms({}) / model.dense_ms
+    luts = {}
+    for key, lut in model.groups.items():
+        measured = list(cut_ms.get(key, ()))
+        if len(measured) != len(lut.kept) - 1 or None in measured:  # e.g. a journal from before residuals
+            luts[key] = lut
+            continue
+        cut = np.array([(lut.width - k) / lut.width for k in lut.kept[:-1]])
+        gap = np.array([(ms - model.dense_ms) * to_layer_ms - (model.raw_ms({key: k}) - model.raw_ms({}))
+                        for k, ms in zip(lut.kept[:-1], measured, strict=True)])
+        slope = float(cut @ gap / (cut @ cut)) if len(cut) else 0.0
+        luts[key] = lut.model_copy(update={"residual_ms": (*(slope * cut).tolist(), 0.0)})
+    return model.model_copy(update={"groups": luts})
+
+
 class CostModelBuilder:
     """Measures a cost model; every measurement is appended to ``folder/samples.jsonl`` so a killed build resumes
     where it stopped."""
@@ -279,6 +356,7 @@ class CostModelBuilder:
             return self.done[sample_id]
         path = self._export(counts, "sample")
         frames = [self.runtime.profile(path, to_numpy(self.inputs)) for _ in range(self.repeats)]
+        latency_ms = self.runtime.latency(path, to_numpy(self.inputs)).median_ms
         times = pd.concat(frames).groupby("layer", sort=False)["time_ms"].median().astype(float).to_dict()
         shapes = node_shapes(self.folder / "sample.onnx")
         changed = sorted(row.layer for row in frames[0].itertuples()
@@ -290,7 +368,7 @@ class CostModelBuilder:
                                                     if self.node_modules.get(n)), ""), self.graph.components)
                       for row in frames[0].itertuples()}
         return self._record({"id": sample_id, "counts": dict(counts), "layers": times, "changed": changed,
-                             "unmapped": unmapped, "components": components})
+                             "unmapped": unmapped, "components": components, "latency_ms": latency_ms})
 
     def latency(self, sample_id: str, counts: Mapping[str, int]) -> dict:
         if sample_id in self.done:
@@ -307,11 +385,13 @@ class CostModelBuilder:
         # the dense profile is taken twice (first and last) and averaged: slow drift of the machine cancels
         dense_a = self.profile("dense", {})
         luts: dict[str, GroupLUT] = {}
+        cut_ms: dict[str, list[float | None]] = {}
         for key in keys:
             width = self.graph.groups[key].width
             counts = sample_counts(width, self.granule, stride)
             samples = {k: self.profile(f"{key}@{k}", {key: k}) for k in counts[:-1]}
-            self.log(f"group {key}: {len(samples)} cuts profiled")
+            cut_ms[key] = [samples[k].get("latency_ms") for k in counts[:-1]]
+            self.log(f"group {key}: {len(samples)} cuts profiled and timed")
             changed = sorted({layer for s in samples.values() for layer in s["changed"]})
             luts[key] = GroupLUT(width=width, kept=tuple(counts), layers={
                 layer: (*(samples[k]["layers"].get(layer, 0.0) for k in counts[:-1]), dense_a["layers"][layer])
@@ -325,8 +405,10 @@ class CostModelBuilder:
             for key, lut in luts.items()}
         dense_ms = self.latency("latency-dense", {})["latency_ms"]
         model = CostModel(task=self.task_name, granule=self.granule, dense_layers=dense_layers, dense_ms=dense_ms,
-                          groups=luts, fixed_layers=fixed_costs(luts), layer_components=dense_a.get("components", {}), provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
-                                                   "unmapped_layers": dense_a["unmapped"]})
+                          groups=luts, fixed_layers=fixed_costs(luts), layer_components=dense_a.get("components", {}),
+                          provenance={"stride": stride, "profiled_cuts": sum(len(lut.kept) - 1 for lut in luts.values()),
+                                      "unmapped_layers": dense_a["unmapped"]})
+        model = with_residuals(model, cut_ms)
         rng = random.Random(seed)
         points = [(model.raw_ms({}), dense_ms)]
         for i in range(calibration_plans):

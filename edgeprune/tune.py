@@ -1,11 +1,12 @@
 """The tune loop: prune step by step until the measured latency budget and the metric budget both hold.
 
 Each step proposes a larger pruning ratio — uniform over the groups, one global ranking, or per-group soft
-coefficients chosen by grid search or gradient descent against the task (``strategy``); or, for the ``knapsack``,
-a larger share of the dense latency to remove, planned on the target's measured cost model — honouring the flow
-policy (by default interfaces keep their width), at the target's granule, optionally fine-tunes, evaluates the
-metric and — only if the metric budget still holds — exports, checks and measures the model on the target (the
-knapsack then recalibrates its cost model). A step that breaks the metric budget is rolled back and retried with half
+coefficients chosen by grid search against the task (``strategy``); or, for the latency planners (``knapsack``,
+and ``gradient``, whose penalty is the cost model's differentiable prediction), a larger share of the dense latency
+to remove, planned on the target's measured cost model — honouring the flow policy (by default interfaces keep
+their width), at the target's granule, optionally fine-tunes, evaluates the metric and — only if the metric budget
+still holds — exports, checks and measures the model on the target (a latency planner then recalibrates its cost
+model). A step that breaks the metric budget is rolled back and retried with half
 the increment. The run is staged in a hidden sibling folder, checkpointed after every step (so ``resume``
 continues an interrupted run), and moved into place only when complete.
 """
@@ -55,6 +56,9 @@ class RunFolderError(ValueError):
     """The output folder cannot take this run."""
 
 
+LATENCY_PLANNERS = ("knapsack", "gradient")
+
+
 class TuneSettings(BaseModel):
     """Everything that defines a run: two runs with equal settings (and target file) are the same run."""
 
@@ -73,7 +77,8 @@ class TuneSettings(BaseModel):
         "magnitude", description="how per-group coefficients are chosen at each step: uniform magnitude, one global "
                                  "ranking, grid search on the metric, gradient descent, or a latency knapsack on the "
                                  "target's measured cost model")
-    epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid/gradient: sparsity tolerance around each step's ratio")
+    epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
+                                                          "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(
         "protect", description="inter-component groups: keep their width, prune on every component's combined "
                                "importance (joint), or on the producing component's (owner)")
@@ -83,7 +88,13 @@ class TuneSettings(BaseModel):
         None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
     component_shares: dict[str, float] | None = Field(
         None, description="knapsack: component -> largest share of the latency budget its layers may take")
-    cost_stride: int = Field(1, ge=1, description="knapsack: the cost model measures every STRIDE-th granule step")
+    cost_stride: int = Field(1, ge=1, description="knapsack/gradient: the cost model measures every STRIDE-th "
+                                                   "granule step")
+
+    @property
+    def plans_latency(self) -> bool:
+        """Whether each step aims at a latency on the target's cost model rather than at a pruning ratio."""
+        return self.strategy in LATENCY_PLANNERS
 
     @field_validator("component_shares")
     @classmethod
@@ -232,7 +243,7 @@ class _Loop:
         self.inputs = target_inputs(self.task, self.target)
         self.graph_args = graph_args(settings, self.task)
         self.steps: list[StepRecord] = []
-        self.local = 1.0  # knapsack: measured / predicted latency at the last measurement
+        self.local = 1.0  # latency planners: measured / predicted latency at the last measurement
 
     # -- one measurement -------------------------------------------------------------------------------------
     def measure(self, model: nn.Module, name: str) -> tuple[Artifact, Latency]:
@@ -268,9 +279,9 @@ class _Loop:
         """The next candidate at ``ratio``: of the channels to remove (ratio strategies) or, for the knapsack, of the
         dense latency to remove, never aiming below the budget (before the local correction)."""
         s = self.settings
+        # latency planners: the budget, corrected by how far off the last measured prediction was (errors are local)
+        target_ms = max(self.budget_ms, self.dense_ms * (1.0 - ratio)) / self.local if s.plans_latency else None
         if s.strategy == "knapsack":
-            # the budget, corrected by how far off the last measured prediction was (errors are local)
-            target_ms = max(self.budget_ms, self.dense_ms * (1.0 - ratio)) / self.local
             return choose_for_latency(
                 self.task, model, plan, self.cost, target_ms, inputs=self.inputs, granule=self.target.granule,
                 flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
@@ -278,7 +289,8 @@ class _Loop:
                 **self.graph_args)
         return choose(s.strategy, self.task, model, plan, ratio, inputs=self.inputs, granule=self.target.granule,
                       flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
-                      epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio, **self.graph_args)
+                      epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio,
+                      cost=self.cost if s.plans_latency else None, budget_ms=target_ms, **self.graph_args)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> Outcome:
@@ -321,7 +333,7 @@ class _Loop:
         self.steps.append(dense)
         self.budget_ms = self.latency_budget.threshold_ms(dense_latency.median_ms)
         self.dense_ms = dense_latency.median_ms
-        if self.settings.strategy == "knapsack":
+        if self.settings.plans_latency:
             self.cost = self.cost_model(dense_model)
             self.local = self.dense_ms / self.cost.predict_ms({})
         self.metric_threshold = self.metric_budget.threshold(self.dense_value)
@@ -340,8 +352,8 @@ class _Loop:
             "budget_ms": self.budget_ms, "metric_threshold": self.metric_threshold,
             "dense_artifact": [str(self.dense_artifact.exported), str(self.dense_artifact.built),
                                self.dense_artifact.max_abs_error],
-            "cost": self.cost.model_dump(mode="json") if self.settings.strategy == "knapsack" else None,
-            "cost_path": str(self.cost_path) if self.settings.strategy == "knapsack" else None,
+            "cost": self.cost.model_dump(mode="json") if self.settings.plans_latency else None,
+            "cost_path": str(self.cost_path) if self.settings.plans_latency else None,
             "local": self.local,
         }
         (folder / ".checkpoint.json.tmp").write_text(json.dumps(state))
@@ -374,8 +386,8 @@ class _Loop:
              dense: StepRecord) -> tuple[nn.Module, Plan, float, float, StepRecord, Outcome | None]:
         """One proposal: returns the (possibly new) model, plan, ratio, step size and best step, and the outcome
         when the loop ends here. ``rejected`` (plans rolled back from this model) is updated in place."""
-        knapsack = self.settings.strategy == "knapsack"
-        if ratio >= self.settings.max_ratio - 1e-9 and not knapsack:  # the knapsack's ratio only ramps its target
+        planned = self.settings.plans_latency
+        if ratio >= self.settings.max_ratio - 1e-9 and not planned:  # a latency planner's ratio only ramps its target
             reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
                       f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
             return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
@@ -384,22 +396,28 @@ class _Loop:
                       f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
                       f"{best.metrics[self.metric_budget.metric]:.4g}")
             return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
-        trial = min(self.settings.max_ratio, ratio + step)
+        # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
+        # the dense latency it aims to remove, ramped until its target is the budget itself
+        trial = min(1.0 if planned else self.settings.max_ratio, ratio + step)
         t0 = time.perf_counter()
         try:
             candidate, candidate_plan, choice = self.propose(model, plan, trial)
         except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
-            if self.settings.strategy == "knapsack":  # bounds, not step size, keep the budget out of reach
+            if planned:  # bounds, not step size, keep the budget out of reach
                 return model, plan, ratio, step, best, Outcome("infeasible", str(exc), model, plan, dense, best)
             self.steps.append(StepRecord(len(self.steps), trial, "rolled-back", {}, note=str(exc),
                                          seconds=time.perf_counter() - t0))
             self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
             return model, plan, ratio, step / 2, best, None
         if candidate_plan == plan:  # the granule swallowed this increment
-            if knapsack and self.dense_ms * (1.0 - trial) <= self.budget_ms:
+            if planned and self.dense_ms * (1.0 - trial) <= self.budget_ms:
+                protected = sum(1 for g in plan.groups.values() if g.kind == "flow") \
+                    if self.settings.flow_policy == "protect" else 0
+                hint = (f"; {protected} interface (flow) groups keep their width under --flow-policy protect, "
+                        f"--flow-policy joint lets the planner cut them") if protected else ""
                 reason = (f"the cost model (corrected ×{self.local:.3f} by the last measurement) finds no further cut "
                           f"that saves time within the groups' bounds; the best plan measures {best.latency_ms:.4g} ms "
-                          f"> {self.budget_ms:.4g} ms")
+                          f"> {self.budget_ms:.4g} ms{hint}")
                 return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
             return model, plan, trial, step, best, None
         if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
@@ -422,7 +440,7 @@ class _Loop:
             return model, plan, ratio, step / 2, best, None
         _, latency = self.measure(candidate, f"step{record.index}")
         record.latency = latency.to_dict()
-        if self.settings.strategy == "knapsack":
+        if planned:
             self.recalibrate(candidate_plan, latency.median_ms)
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
@@ -526,7 +544,7 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
         "steps": [asdict(s) for s in loop.steps],
         "measurements": sum(1 for s in loop.steps if s.latency is not None),
         "cost_model": ({"path": str(loop.cost_path), "calibration": loop.cost.calibration.model_dump(mode="json")}
-                       if loop.settings.strategy == "knapsack" else None),
+                       if loop.settings.plans_latency else None),
     }
     write_report(folder, manifest)
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())

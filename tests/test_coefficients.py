@@ -296,3 +296,21 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
         choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.1}, **args)
     with pytest.raises(CoefficientError, match="unknown components: policy"):
         choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"policy": 0.5}, **args)
+
+
+def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -> None:
+    """With a cost model and a budget, the gradient strategy aims at a predicted latency, not a sparsity: it ends
+    at or under budget · (1 + epsilon) and spends its cuts where they save time."""
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+    pruned, new_plan, info = _run(task, two_part, plan, 0.3, cost=cost, budget_ms=2.4, epsilon=0.05,
+                                  gradient=GradientSettings(steps=80))
+    assert info.predicted_ms == pytest.approx(cost.predict_ms(new_plan))
+    assert info.within_tolerance and info.predicted_ms <= 2.4 * 1.05
+    assert len(info.latency_trace) == 80 and info.latency_trace[-1] == pytest.approx(2.4, rel=0.1)
+    # encoder.3 saves nothing on this target: the loss alone decides it, and it gives up the fewest channels
+    cut = {key: 1 - new_plan.kept(key) / new_plan.groups[key].width for key in ("encoder.0", "encoder.3", "decoder.1")}
+    assert cut["encoder.3"] < min(cut["encoder.0"], cut["decoder.1"])
+    _same_outputs(task, pruned, new_plan)
+    with pytest.raises(CoefficientError, match="latency target needs strategy 'gradient'"):
+        _run(task, two_part, plan, 0.3, "grid", cost=cost, budget_ms=2.4)

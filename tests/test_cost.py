@@ -23,6 +23,7 @@ from edgeprune.cost import (
     GroupLUT,
     fixed_costs,
     sample_counts,
+    with_residuals,
 )
 from edgeprune.graph import ComponentGraph
 from edgeprune.plan import Plan, prune_to_counts
@@ -109,6 +110,36 @@ def test_calibration_fits_the_whole_model_measurements() -> None:
     assert Calibration.fit([(2.0, 1.0)]).scale == pytest.approx(0.5)
 
 
+def test_whole_model_timings_add_what_the_layer_profile_misses() -> None:
+    """An overhead-dominated model: group ``a``'s layers barely change in the profile, yet the whole model gets
+    0.3 ms faster per quarter of ``a`` cut (e.g. per-node overhead the profiler hides). ``b`` measures what its
+    layers predict, so it gets no residual."""
+    model = hand_model()  # dense: layers 1.0 ms = 1.0 ms measured
+    flat_a = GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"head": (0.09, 0.09, 0.1, 0.1)})
+    model = model.model_copy(update={"groups": {"a": flat_a, "b": model.groups["b"]}})
+    assert model.predict_ms({"a": 8}) == pytest.approx(0.99)  # the profile alone: cutting a saves nothing
+    b_measured = [model.predict_ms({"b": k}) for k in (8, 24)]
+    # noisy measurements around 1.0 - 0.4·(fraction cut): the line's least-squares slope, not any single point
+    fitted = with_residuals(model, {"a": [0.71 - 0.01, 0.81 + 0.01, 0.91], "b": b_measured, "c": [0.5]})
+    cut = [0.75, 0.5, 0.25]
+    slope = sum(c * ((m - 1.0) - (p - 1.0)) for c, m, p in zip(cut, [0.70, 0.82, 0.91], [0.99, 0.99, 1.0], strict=True)) \
+        / sum(c * c for c in cut)
+    assert fitted.groups["a"].residual_ms == pytest.approx((*(slope * c for c in cut), 0.0))
+    assert fitted.predict_ms({"a": 16}) == pytest.approx(0.99 + slope * 0.5)
+    assert fitted.predict_ms({"a": 16}) < 0.85  # the whole-model timing now prices the cut
+    assert fitted.groups["b"].residual_ms == pytest.approx((0.0, 0.0, 0.0))
+    assert fitted.predict_ms({"a": 32}) == pytest.approx(1.0)  # dense width: nothing added
+    # a group without whole-model timings (an older journal) keeps no residual
+    assert with_residuals(model, {"a": [0.7, None, 0.9]}).groups["a"].residual_ms == ()
+
+
+def test_a_stored_cost_model_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.cost.json"
+    path.write_text(hand_model().model_copy(update={"format": "edgeprune.cost/1"}).model_dump_json())
+    with pytest.raises(CostModelError, match="format 'edgeprune.cost/1'.*measure it again"):
+        CostModel.load(path)
+
+
 def test_builder_finds_the_layers_a_cut_reshapes_and_resumes(two_part, image, runtime, tmp_path: Path) -> None:
     builder = CostModelBuilder("two-part", two_part, image, runtime, 8, tmp_path, GRAPH_ARGS)
     model = builder.build(stride=4, groups=["encoder.3"], calibration_plans=2)
@@ -119,6 +150,7 @@ def test_builder_finds_the_layers_a_cut_reshapes_and_resumes(two_part, image, ru
     # cutting the stride-2 conv's 64 channels reshapes that conv and the bottleneck conv reading them, nothing else
     assert len(lut.layers) == 2 and {ops[layer] for layer in lut.layers} <= {"Conv", "FusedConv"}
     assert all(len(times) == 3 and times[-1] == model.dense_layers[layer] for layer, times in lut.layers.items())
+    assert len(lut.residual_ms) == 3 and lut.residual_ms[-1] == 0.0  # every cut was also timed end to end
     assert len(model.calibration.points) == 3 and model.dense_ms == model.calibration.points[0][1]
     journal = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in journal] == ["dense", "encoder.3@8", "encoder.3@40", "dense-end", "latency-dense",
@@ -178,3 +210,14 @@ def test_profile_command(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "reused from" in again.output
     bad = CliRunner().invoke(app, ["profile", "--task", "nope", "--store", str(tmp_path / "p")])
     assert bad.exit_code == 2 and bad.stderr.strip().startswith("error: task 'nope'")
+
+
+def test_differentiable_prediction_matches_the_staircase_at_samples() -> None:
+    model = hand_model().calibrated([(1.0, 0.9), (0.5, 0.5)])
+    for counts in ({}, {"a": 16}, {"a": 8, "b": 24}, {"b": 16}):
+        assert float(model.torch_ms(counts)) == pytest.approx(model.predict_ms(counts))
+    keep = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    ms = model.torch_ms({"a": keep, "b": 24})
+    ms.backward()
+    # between the samples 16 and 24 of a: conv 0.4 -> 0.6 (times b's 0.75) and head 0.05 -> 0.1, per 8 channels
+    assert float(keep.grad) == pytest.approx(0.8 * (0.2 * 0.75 + 0.05) / 8)

@@ -143,16 +143,24 @@ def test_grid_strategy_chooses_each_steps_coefficients_on_the_metric(tmp_path: P
     assert "grid → sparsity" in (tmp_path / "grid" / "report.md").read_text()
 
 
+@pytest.fixture
+def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One profile store for the latency planners' runs: the first builds the autoencoder's cost model, the
+    others reuse it by key (as a user's second run does)."""
+    root = tmp_path_factory.getbasetemp() / "profiles"
+    monkeypatch.setenv("EDGEPRUNE_PROFILES", str(root))
+    return root
+
+
 def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGEPRUNE_PROFILES", str(tmp_path / "profiles"))
+                                                                     shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
                             metric_budget="psnr>=20", step=0.5, strategy="knapsack", cost_stride=4, finetune_steps=20)
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
     manifest = result.manifest
     cost = manifest["cost_model"]
-    assert Path(cost["path"]).is_file() and Path(cost["path"]).is_relative_to(tmp_path / "profiles")
+    assert Path(cost["path"]).is_file() and Path(cost["path"]).is_relative_to(shared_profiles)
     accepted = [s for s in manifest["steps"] if s["status"] == "accepted"]
     assert accepted and all(s["search"]["strategy"] == "knapsack" for s in accepted)
     # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
@@ -160,6 +168,41 @@ def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Pa
     assert all(s["search"]["predicted_ms"] > 0 for s in accepted)
     assert len(cost["calibration"]["points"]) == 7 + 1 + len(accepted)
     assert manifest["measurements"] == 1 + len(accepted)
+
+
+def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, quick_target: str,
+                                                                shared_profiles: Path) -> None:
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
+                            metric_budget="psnr>=20", step=0.5, strategy="gradient", cost_stride=4, finetune_steps=20,
+                            epsilon=0.05)
+    result = tune(settings, tmp_path / "gradient")
+    assert result.status == "met", result.reason
+    accepted = [s for s in result.manifest["steps"] if s["status"] == "accepted"]
+    assert accepted and all(s["search"]["strategy"] == "gradient" for s in accepted)
+    first = accepted[0]["search"]
+    # the first step aims at half the dense latency (step 0.5) or the budget, whichever is slower
+    dense_ms, budget_ms = result.manifest["dense"]["latency"]["median_ms"], result.manifest["budgets"]["latency"]["threshold_ms"]
+    assert first["predicted_ms"] is not None and first["predicted_ms"] <= 1.05 * max(0.5 * dense_ms, budget_ms) / 0.5
+    assert result.manifest["cost_model"] is not None
+
+
+def test_a_latency_planner_stops_when_the_cost_model_finds_nothing_more_to_cut(tmp_path: Path, quick_target: str,
+                                                                               shared_profiles: Path) -> None:
+    """Groups may lose at most 20 % of their channels, far from 0.3x: the knapsack plans at the bounds, that plan is
+    measured, and the next proposal is the same plan, so the run ends infeasible with the measured plan kept."""
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.3x",
+                            metric_budget="psnr>=5", step=0.5, strategy="knapsack", cost_stride=4, max_ratio=0.2)
+    result = tune(settings, tmp_path / "bounded")
+    assert result.status == "infeasible"
+    assert "finds no further cut that saves time within the groups' bounds" in result.reason
+    steps = result.manifest["steps"]
+    # one or two accepted steps (the first may still predict 0.5x reachable), none rolled back, and the
+    # proposal that found nothing new added no step
+    assert [s["status"] for s in steps][:1] == ["dense"] and {s["status"] for s in steps[1:]} == {"accepted"}
+    assert any("out of reach" in note for note in steps[-1]["search"]["notes"])
+    plan = Plan.load(tmp_path / "bounded" / "plan.json")
+    assert plan.digest() == steps[-1]["plan_digest"] == result.manifest["pruned"]["plan_digest"]
+    assert all(len(g.keep) >= 0.8 * g.width - 8 for g in plan.groups.values())
 
 
 INTERRUPTIBLE = '''
