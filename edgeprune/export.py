@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.agent import sha256_file  # noqa: F401  (re-exported: one definition, in the stdlib-only agent)
 from edgeprune.runtimes import Runtime
 
 # torch's ONNX exporter warns on every export that torchvision (absent here) is not installed
@@ -122,14 +123,6 @@ def build_artifact(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: 
     built = runtime.build(exported, folder)
     rtol, atol = TOLERANCES[precision]
     return Artifact(exported, built, check_export(model, inputs, built, runtime, rtol=rtol, atol=atol))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_dict_hash(model: nn.Module) -> str:

@@ -103,10 +103,22 @@ class ProfileResult:
 
 def measurement_facts(task: Task, target: Target, runtime: Runtime, model_hash: str,
                       inputs: tuple) -> dict[str, object]:
-    """Everything a profile depends on; its hash is the store key, and it is the profile's provenance."""
+    """Everything a profile depends on; its hash is the store key, and it is the profile's provenance.
+
+    On a remote device the runtime's versions carry the device's keyed facts (``device_model``, ``device_l4t``,
+    ``device_tensorrt``, ``device_nvpmodel``…), so a profile from another board, JetPack or power mode is never
+    reused; this machine's CPU is then irrelevant and left out.
+    """
     return {"task": task.name, "model_hash": model_hash, "input_shapes": [list(t.shape) for t in inputs],
             "target": target.name, "target_digest": target.digest(), "runtime": runtime.name, **runtime.versions(),
-            "device": target.device, "precision": target.precision, **host_facts()}
+            "device": target.device, "precision": target.precision,
+            **(host_facts() if target.device == "local" else {})}
+
+
+def device_provenance(runtime: Runtime) -> dict[str, object]:
+    """All facts of a remote device, clocks included, for a profile's provenance (not its key: clocks move)."""
+    facts = getattr(runtime, "device_facts", lambda: None)()
+    return {} if facts is None else {"device_facts": facts}
 
 
 def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | None, granule: int) -> pd.DataFrame:
@@ -144,7 +156,8 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
         log("exporting and profiling the dense model")
         artifact = build_artifact(model, inputs, runtime, work, "dense", target.precision)
         frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
-                          artifact.exported if runtime.source == "onnx" else None, graph.components, facts)
+                          artifact.exported if runtime.source == "onnx" else None, graph.components,
+                          {**facts, **device_provenance(runtime)})
         store.save_profile(frame, task.name, target.name, key)
     cost = None if refresh or not cost_model else store.load_cost(task.name, target.name, key)
     cost_reused = cost is not None

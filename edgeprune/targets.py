@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeprune.devices import PYTHON_NAME, SSH_URL
 
 #: Folders searched for ``NAME.toml``, in order: $EDGEPRUNE_TARGETS, ./targets, the repository's targets/.
 TARGET_DIRS: tuple[Path, ...] = tuple(
@@ -82,9 +83,6 @@ RUNTIME_TABLES: dict[str, frozenset[str]] = {
     "tensorrt": frozenset({"tensorrt", "trtexec"}),
     "torch_cuda": frozenset({"torch-cuda"}),
 }
-#: Runtimes that run inside this Python process, so only on this machine.
-IN_PROCESS: frozenset[str] = frozenset({"onnxruntime", "tensorrt", "torch-cuda"})
-_DEVICE = re.compile(r"^(local|ssh://[\w.-]+@[\w.-]+(:\d+)?)$")
 #: TensorRT pads channels to these multiples (FP16 formats: % 8, INT8 tensor-core kernels: % 32).
 _TRT_GRANULE = {"fp16": 8, "int8": 32}
 
@@ -94,6 +92,9 @@ class Target(_Strict):
     description: str = ""
     runtime: RuntimeName
     device: str = "local"
+    #: The Python that runs edgeprune's agent on a remote device (a venv's python where edgeprune is installed);
+    #: None: python3. Not part of the digest: it says how to reach the runtime, and the runtime's versions are keyed.
+    agent_python: str | None = None
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     granule: int = Field(8, ge=1)
     batch: int | None = Field(None, ge=1)
@@ -109,11 +110,14 @@ class Target(_Strict):
         for table, runtimes in RUNTIME_TABLES.items():  # a dumped target carries every table, at its defaults
             if self.runtime not in runtimes and getattr(self, table) != type(getattr(self, table))():
                 raise ValueError(f"[{table}] has no effect on runtime {self.runtime!r} (it is read by {sorted(runtimes)})")
-        if not _DEVICE.match(self.device):
+        if self.device != "local" and not SSH_URL.match(self.device):
             raise ValueError(f"device {self.device!r}: expected 'local' or 'ssh://user@host[:port]'")
-        if self.device != "local" and self.runtime in IN_PROCESS:
-            raise ValueError(f"runtime {self.runtime!r} runs in this process, so device must be 'local' "
-                             f"(use runtime 'trtexec' for {self.device})")
+        if self.agent_python is not None:
+            if self.device == "local":
+                raise ValueError("agent_python is the Python edgeprune's agent runs with on a remote device; "
+                                 "device is 'local'")
+            if not PYTHON_NAME.match(self.agent_python):
+                raise ValueError(f"agent_python {self.agent_python!r}: give an absolute path or a bare command name")
         if self.runtime == "torch-cuda" and self.precision != "fp32":
             raise ValueError(f"precision {self.precision!r} on runtime 'torch-cuda': it runs the exported program "
                              "as it is (fp32); use a TensorRT target for fp16/int8")
@@ -134,6 +138,16 @@ class Target(_Strict):
                                  "Python API")
         return self
 
+    def on_device(self, device: str | None, agent_python: str | None = None) -> Target:
+        """This target run on another device (validated like a target file); unchanged when both are None."""
+        if device is None and agent_python is None:
+            return self
+        update = {"device": device or self.device, "agent_python": agent_python or self.agent_python}
+        try:
+            return Target.model_validate({**self.model_dump(), **update})
+        except ValidationError as exc:
+            raise TargetError(f"target {self.name}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
     def digest(self) -> str:
         """A short hash of every setting that can change a measurement: different settings, different runs.
 
@@ -141,6 +155,7 @@ class Target(_Strict):
         edgeprune does not change the digest (and the run keys) of existing targets.
         """
         skip = {table for table, runtimes in RUNTIME_TABLES.items() if self.runtime not in runtimes}
+        skip.add("agent_python")
         if self.power == PowerSettings():
             skip.add("power")
         return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).hexdigest()[:16]

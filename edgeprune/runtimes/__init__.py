@@ -86,7 +86,22 @@ class Runtime(Protocol):
 
 
 def get_runtime(target: Target) -> Runtime:
-    """The runtime a target names, configured by the target; optional dependencies are imported here, lazily."""
+    """The runtime a target names, configured by the target; optional dependencies are imported here, lazily.
+
+    On a remote device, trtexec runs there through the device (it needs nothing else there); the other runtimes run
+    inside edgeprune's agent there (:class:`edgeprune.runtimes.remote.RemoteRuntime`).
+    """
+    if target.device != "local":
+        from edgeprune.devices import open_device
+
+        device = open_device(target.device, target.agent_python)
+        if target.runtime == "trtexec":
+            from edgeprune.runtimes.trtexec import TrtexecRuntime
+
+            return TrtexecRuntime(target, device)
+        from edgeprune.runtimes.remote import RemoteRuntime
+
+        return RemoteRuntime(target, device)
     if target.runtime == "onnxruntime":
         from edgeprune.runtimes.onnxruntime import OrtRuntime
 

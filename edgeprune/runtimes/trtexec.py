@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import tempfile
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -30,6 +31,7 @@ import pandas as pd
 from edgeprune.runtimes import Latency, RuntimeFailure, RuntimeMissing
 
 if TYPE_CHECKING:
+    from edgeprune.devices import Device
     from edgeprune.targets import MeasureSettings, Target, TensorRTSettings
 
 #: The ONNX parser stamps a layer's Metadata with one of these per source node, joined by \x1f when fused.
@@ -315,7 +317,7 @@ def facts_path(plan: Path) -> Path:
     return plan.with_suffix(".onnx.json")
 
 
-def layer_info_path(plan: Path) -> Path:
+def layer_info_path(plan: PurePath) -> PurePath:
     return plan.with_suffix(".layers.json")
 
 
@@ -371,8 +373,8 @@ def _device_flags(settings: TensorRTSettings) -> list[str]:
     return flags
 
 
-def build_command(exe: str, onnx: Path, plan: Path, settings: TensorRTSettings, flags: Sequence[str],
-                  timing_cache: Path | None) -> list[str]:
+def build_command(exe: str, onnx: PurePath, plan: PurePath, settings: TensorRTSettings, flags: Sequence[str],
+                  timing_cache: PurePath | None) -> list[str]:
     """Build a plan from ONNX, exporting the layer info (with ONNX-node Metadata) beside it; no inference."""
     cmd = [exe, f"--onnx={onnx}", f"--saveEngine={plan}"]
     if timing_cache is not None:
@@ -389,7 +391,7 @@ def build_command(exe: str, onnx: Path, plan: Path, settings: TensorRTSettings, 
     return [*cmd, "--skipInference"]
 
 
-def timing_command(exe: str, plan: Path, settings: TensorRTSettings, measure: MeasureSettings) -> list[str]:
+def timing_command(exe: str, plan: PurePath, settings: TensorRTSettings, measure: MeasureSettings) -> list[str]:
     """End-to-end timing: exactly ``runs`` inferences (``--duration=0``), each reported on its own (``--avgRuns=1``),
     GPU compute only (inputs stay on the device), percentiles 10 and 90 in the summary."""
     return [exe, f"--loadEngine={plan}", f"--warmUp={settings.warmup_ms}", f"--iterations={measure.runs}",
@@ -397,7 +399,7 @@ def timing_command(exe: str, plan: Path, settings: TensorRTSettings, measure: Me
             *_device_flags(settings)]
 
 
-def profile_command(exe: str, plan: Path, profile: Path, settings: TensorRTSettings,
+def profile_command(exe: str, plan: PurePath, profile: PurePath, settings: TensorRTSettings,
                     measure: MeasureSettings) -> list[str]:
     """Per-layer times from a profiling run kept apart from the timed run (the profiler perturbs timing)."""
     return [exe, f"--loadEngine={plan}", f"--warmUp={settings.warmup_ms}", f"--iterations={measure.profile_runs}",
@@ -405,7 +407,7 @@ def profile_command(exe: str, plan: Path, profile: Path, settings: TensorRTSetti
             f"--exportProfile={profile}", *_device_flags(settings)]
 
 
-def run_command(exe: str, plan: Path, inputs: Sequence[tuple[str, Path]], output: Path,
+def run_command(exe: str, plan: PurePath, inputs: Sequence[tuple[str, PurePath]], output: PurePath,
                 settings: TensorRTSettings) -> list[str]:
     """One inference on given inputs (raw binary files), outputs written as JSON."""
     spec = ",".join(f"{_quote(name)}:{path}" for name, path in inputs)
@@ -456,26 +458,59 @@ def find_trtexec(configured: str | None) -> str:
 class TrtexecRuntime:
     """TensorRT through its ``trtexec`` executable: no Python bindings needed, what Jetson boards ship.
 
-    Every step is one trtexec process; a repetition of the latency is a fresh process (a fresh context).
+    Every step is one trtexec process; a repetition of the latency is a fresh process (a fresh context). On a remote
+    device the same command lines run there through the device layer: the files trtexec reads are pushed to a mirror
+    folder in the device's work folder and the files it writes are pulled back, so the plan, its layer info and its
+    profile also sit locally beside the ONNX, as after a local build. The timing cache stays on the device, one per
+    device state (board, L4T, TensorRT, power mode).
     """
 
     name = "trtexec"
     source: Literal["onnx", "pt2"] = "onnx"
 
-    def __init__(self, target: Target) -> None:
-        if target.device != "local":
-            raise RuntimeMissing(f"target {target.name!r} runs on {target.device}: running trtexec on another "
-                                 "machine needs edgeprune's device layer; run edgeprune on the device with device = "
-                                 "'local'")
+    def __init__(self, target: Target, device: Device | None = None) -> None:
+        from edgeprune.devices import LocalDevice, workdir
+
+        self.device: Device = device or LocalDevice()
         self.target_name, self.precision = target.name, target.precision
         self.settings, self.measure = target.tensorrt, target.measure
-        self.exe = find_trtexec(self.settings.trtexec)
+        self.work = None if self.device.local else f"{workdir(self.device)}/trtexec"
+        self.exe = find_trtexec(self.settings.trtexec) if self.device.local else self._find_there()
         self._version: str | None = None
         self._gpu: str | None = None
 
+    def _find_there(self) -> str:
+        """trtexec on the remote device: the target's path, else TensorRT's install path, else its PATH."""
+        path = self.settings.trtexec or DEFAULT_TRTEXEC
+        if self.device.run(["test", "-x", path], timeout=60).returncode == 0:
+            return path
+        if self.settings.trtexec is None:
+            found = self.device.run(["sh", "-c", "command -v trtexec"], timeout=60).stdout.strip()
+            if found:
+                return found
+        raise RuntimeMissing(f"trtexec not found at {path} on {self.device.url}: install TensorRT there (JetPack "
+                             "ships it) or set [tensorrt] trtexec in the target")
+
+    def _there(self, path: Path) -> PurePath:
+        """Where trtexec sees a local file: the file itself here, its mirror in the device's work folder there."""
+        if self.work is None:
+            return path
+        folder = hashlib.sha256(str(path.resolve().parent).encode()).hexdigest()[:16]
+        return PurePosixPath(self.work, folder, path.name)
+
+    def _push(self, path: Path, *, if_missing: bool = False) -> PurePath:
+        there = self._there(path)
+        if self.work is not None and not (if_missing and self.device.exists(str(there))):
+            self.device.put(path, str(there))
+        return there
+
+    def _pull(self, path: Path) -> None:
+        if self.work is not None:
+            self.device.get(str(self._there(path)), path)
+
     def _call(self, cmd: list[str], what: str) -> str:
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.settings.timeout_s, check=False)
+            done = self.device.run(cmd, timeout=self.settings.timeout_s)
         except (FileNotFoundError, PermissionError):
             raise RuntimeMissing(f"trtexec not found or not executable at {cmd[0]}") from None
         except subprocess.TimeoutExpired:
@@ -485,6 +520,8 @@ class TrtexecRuntime:
         self._version = self._version or trt_version(log)
         if m := _DEVICE_LINE.search(log):
             self._gpu = m.group(1).strip()
+        if done.returncode == 127 and not self.device.local:
+            raise RuntimeMissing(f"trtexec not found at {cmd[0]} on {self.device.url}")
         if done.returncode != 0:
             raise RuntimeFailure(f"trtexec {what} failed (exit {done.returncode}): {last_log_line(log)}")
         return log
@@ -499,7 +536,17 @@ class TrtexecRuntime:
         return self._version
 
     def versions(self) -> dict[str, str]:
-        return {"trtexec": self.exe, "tensorrt": self.version() or "unknown", "gpu": self._gpu or "unknown"}
+        """trtexec's path, TensorRT's version and the GPU; on a remote device also its keyed facts (board, L4T…)."""
+        versions = {"trtexec": self.exe, "tensorrt": self.version() or "unknown", "gpu": self._gpu or "unknown"}
+        if not self.device.local:
+            from edgeprune.devices import key_facts
+
+            versions.update(key_facts(self.device.facts()))
+        return versions
+
+    def device_facts(self) -> dict[str, Any] | None:
+        """Every fact of a remote device (provenance); None here: a local profile records this host instead."""
+        return None if self.device.local else self.device.facts()
 
     def build(self, exported: Path, folder: Path) -> Path:
         """``folder/<name>.plan`` from the ONNX, with its layer info and ONNX facts beside it.
@@ -519,9 +566,19 @@ class TrtexecRuntime:
                                  f"precision {self.precision} depends on it")
         flags = precision_flags(self.precision, major or 0, facts)
         plan = folder / f"{exported.stem}.plan"
-        cache = folder / f"timing-{self.target_name}-trt{version or 'unknown'}.cache" if self.settings.timing_cache \
-            else None
-        self._call(build_command(self.exe, exported, plan, self.settings, flags, cache), f"build of {exported.name}")
+        cache: PurePath | None = None
+        if self.settings.timing_cache:
+            cache = folder / f"timing-{self.target_name}-trt{version or 'unknown'}.cache"
+            if self.work is not None:
+                from edgeprune.devices import key_facts, safe_name
+
+                state = hashlib.sha256(json.dumps(key_facts(self.device.facts()), sort_keys=True).encode())
+                cache = PurePosixPath(self.work, f"timing-{safe_name(cache.name)}-{state.hexdigest()[:12]}")
+        self._call(build_command(self.exe, self._push(exported), self._there(plan), self.settings, flags, cache),
+                   f"build of {exported.name}")
+        if self.work is not None:
+            self._pull(plan)
+            self._pull(Path(layer_info_path(plan)))
         if not plan.is_file():
             raise RuntimeFailure(f"trtexec build of {exported.name} exited 0 but wrote no engine at {plan}")
         facts.save(plan)
@@ -539,9 +596,15 @@ class TrtexecRuntime:
             for spec, array in zip(facts.inputs, inputs, strict=True):
                 path = Path(tmp) / f"input{len(files)}.bin"
                 np.ascontiguousarray(array, dtype=spec["dtype"]).tofile(path)
-                files.append((spec["name"], path))
+                files.append((spec["name"], self._push(path)))
             out = Path(tmp) / "outputs.json"
-            self._call(run_command(self.exe, model, files, out, self.settings), f"run of {model.name}")
+            try:
+                self._call(run_command(self.exe, self._push(model, if_missing=True), files, self._there(out),
+                                       self.settings), f"run of {model.name}")
+                self._pull(out)
+            finally:
+                if self.work is not None:
+                    self.device.run(["rm", "-rf", "--", str(self._there(out).parent)], timeout=60)
             return parse_outputs(_read_json(out), facts, str(out))
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
@@ -553,7 +616,8 @@ class TrtexecRuntime:
         """
         medians, p10s, p90s = [], [], []
         for _ in range(self.measure.repeats):
-            log = self._call(timing_command(self.exe, model, self.settings, self.measure), f"timing of {model.name}")
+            log = self._call(timing_command(self.exe, self._push(model, if_missing=True), self.settings, self.measure),
+                             f"timing of {model.name}")
             gpu = parse_perf_summary(log).get("GPU Compute Time")
             if not isinstance(gpu, dict) or "median" not in gpu:
                 raise RuntimeFailure(f"trtexec timing of {model.name} printed no 'GPU Compute Time' summary: "
@@ -570,7 +634,9 @@ class TrtexecRuntime:
         """Per-layer mean time over ``profile_runs`` inferences, joined with the build's layer info (``--exportProfile``
         JSON kept beside the plan as ``<plan>.profile.json``)."""
         out = model.with_suffix(".profile.json")
-        self._call(profile_command(self.exe, model, out, self.settings, self.measure), f"profile of {model.name}")
+        self._call(profile_command(self.exe, self._push(model, if_missing=True), self._there(out), self.settings,
+                                   self.measure), f"profile of {model.name}")
+        self._pull(out)
         info_path = layer_info_path(model)
         info = load_layer_info(info_path) if info_path.is_file() else None
         facts = OnnxFacts.load(model)
