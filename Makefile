@@ -4,17 +4,21 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # the CPU build, installed before the project so that nothing pulls a CUDA torch
 TORCH  := torch==2.13.0
+DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-page clean
 
 $(BIN)/edgeprune: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
-	@# Fashion-MNIST for the fashion-autoencoder task, from Debian, where apt exists and we may use it
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || echo "note: dataset-fashion-mnist not installed; fashion-autoencoder will be unavailable"; fi
+	@# From Debian, where apt exists and we may use it: Fashion-MNIST (fashion-autoencoder task), OpenSSH
+	@# (the device tests run a real sshd on localhost) and Chromium (the report test renders the HTML page)
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	  || echo "note: could not install$$missing from Debian"; fi
 	touch $(BIN)/edgeprune
 
 setup: $(BIN)/edgeprune
@@ -26,8 +30,14 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# every benchmark (bench/*.py but the page), then the comparison page and the README's headline table
 bench: setup
-	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in $(filter-out bench/compare.py,$(wildcard bench/*.py)); do $(BIN)/python $$script || exit 1; done
+	$(MAKE) bench-page
+
+# only the page and the README table, from the CSVs already in bench/results/ (measures nothing)
+bench-page: setup
+	$(BIN)/python bench/compare.py --readme README.md
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

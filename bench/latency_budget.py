@@ -93,9 +93,17 @@ def baseline(task: Task, method: str, budget_ms: float, metric: MetricBudget, de
                    "metric_holds": metric.holds(value, dense_value), "latency_holds": latency <= budget_ms}
             if latency <= budget_ms:
                 break
-    status = "met" if row["latency_holds"] and row["metric_holds"] else (
-        "metric broken" if row["latency_holds"] else "latency not reached")
-    return {**row, "status": status, "measurements": measurements, "wall_s": time.perf_counter() - started}
+    return {**row, "measurements": measurements, "wall_s": time.perf_counter() - started}
+
+
+def judge(row: dict[str, object]) -> dict[str, object]:
+    """Every method judged the same way: its measured latency against the budget on this bench's own dense
+    measurement (a tune run measures its dense model again, and a slow dense measurement there loosens its budget)."""
+    budget_ms = LatencyBudget.parse(str(row["budget"])).threshold_ms(float(row["dense_ms"]))  # type: ignore[arg-type]
+    latency_holds = float(row["latency_ms"]) <= budget_ms  # type: ignore[arg-type]
+    status = "met" if latency_holds and row["metric_holds"] else (
+        "metric broken" if latency_holds else "latency not reached")
+    return {**row, "latency_holds": latency_holds, "status": status}
 
 
 def edgeprune_run(task: Task, method: str, budget: str, work: Path) -> dict[str, object]:
@@ -111,8 +119,8 @@ def edgeprune_run(task: Task, method: str, budget: str, work: Path) -> dict[str,
     pruned = result.manifest["pruned"]
     budgets = result.manifest["budgets"]
     return {"ratio": None, "metric": pruned["metrics"][task.metric], "latency_ms": pruned["latency"]["median_ms"],
-            "macs": pruned["macs"], "metric_holds": budgets["metric"]["holds"],
-            "latency_holds": budgets["latency"]["holds"], "status": result.status,
+            "macs": pruned["macs"], "metric_holds": budgets["metric"]["holds"], "run_status": result.status,
+            "run_dense_ms": result.manifest["dense"]["latency"]["median_ms"],
             "measurements": result.manifest["measurements"], "wall_s": result.manifest["wall_s"]}
 
 
@@ -157,7 +165,7 @@ def main() -> None:
                     fh.write(json.dumps(row) + "\n")
                 done[(name, budget, method)] = row
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    frame = pd.DataFrame([done[k] for k in done if k[0] in args.tasks])
+    frame = pd.DataFrame([judge(done[k]) for k in done if k[0] in args.tasks])
     previous = RESULTS / "latency_budget.csv"
     if previous.is_file():  # rows of methods not rerun stay as they were measured
         old = pd.read_csv(previous)
@@ -168,14 +176,17 @@ def main() -> None:
                               ascending=[True, False, True], ignore_index=True)
     frame.to_csv(previous, index=False)
     shown = frame[["task", "budget", "method", "status", "metric", "dense_metric", "latency_ms", "dense_ms", "speedup",
-                   "mac_reduction", "speedup_per_mac_reduction", "measurements", "wall_s", "measured"]]
+                   "mac_reduction", "speedup_per_mac_reduction", "measurements", "wall_s", "measured", "run_status",
+                   "run_dense_ms"]]
     text = (f"# Latency budget: edgeprune vs Torch-Pruning baselines\n\n"
             f"`python bench/latency_budget.py --tasks {' '.join(args.tasks)} --budgets {' '.join(args.budgets)}"
             f"{' --methods ' + ' '.join(args.methods) if args.methods != parser.get_default('methods') else ''}` — "
             f"target `{TARGET}` ({platform.processor() or platform.machine()}, ONNX Runtime, 1 thread), "
             f"{dt.date.today().isoformat()}. Fine-tune steps after every pruning step: {FINETUNE}. Latencies are "
             f"medians of fresh-session medians, measured; `wall_s` of edgeprune includes building the cost model on "
-            f"a task's first budget. digits-resnet runs edgeprune with `--flow-policy joint` (its residual additions "
+            f"a task's first budget. `status` judges every method against the budget on this bench's dense "
+            f"measurement (`dense_ms`); `run_status` is what the edgeprune run itself concluded against its own dense "
+            f"measurement (`run_dense_ms`). digits-resnet runs edgeprune with `--flow-policy joint` (its residual additions "
             f"are flow groups between the stages of one network). `measured`: the day a row was measured (rows of "
             f"methods not rerun are kept).\n\n{shown.to_markdown(index=False, floatfmt='.4g')}\n")
     (RESULTS / "latency_budget.md").write_text(text)

@@ -14,6 +14,7 @@ from rich.table import Table
 from edgeprune.budgets import BudgetError
 from edgeprune.coefficients import CoefficientError
 from edgeprune.cost import CostModelError
+from edgeprune.devices import DeviceError
 from edgeprune.export import ExportMismatch
 from edgeprune.graph import GraphError
 from edgeprune.plan import PlanError
@@ -28,7 +29,7 @@ errors = Console(stderr=True)
 
 #: Errors that are the user's input, not a bug: one line, exit code 2.
 USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing,
-               RuntimeFailure, CostModelError, CoefficientError)
+               RuntimeFailure, CostModelError, CoefficientError, DeviceError)
 INFEASIBLE_EXIT = 3
 
 
@@ -72,8 +73,9 @@ def tune(
     seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
     strategy: Annotated[str, typer.Option(
         help="per-group coefficients: magnitude (uniform), global (one ranking, normalised per component), "
-             "grid (search on the metric), gradient (soft masks) or knapsack (measured per-group latency)")] = "magnitude",
-    epsilon: Annotated[float, typer.Option(help="grid/gradient: sparsity tolerance around each step's ratio")] = 0.02,
+             "grid (search on the metric), gradient (soft masks against the cost model's differentiable latency) or "
+             "knapsack (measured per-group latency)")] = "magnitude",
+    epsilon: Annotated[float, typer.Option(help="grid: sparsity tolerance around each step's ratio; gradient: relative latency tolerance")] = 0.02,
     flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
     flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
     components: Annotated[list[str] | None, typer.Option(
@@ -82,7 +84,7 @@ def tune(
         help="NAME=R, repeatable: remove at most the fraction R of that component's channels")] = None,
     component_share: Annotated[list[str] | None, typer.Option(
         help="NAME=S, repeatable (knapsack): that component may take at most the share S of the latency budget")] = None,
-    cost_stride: Annotated[int, typer.Option(min=1, help="knapsack: cost model measures every STRIDE-th step")] = 1,
+    cost_stride: Annotated[int, typer.Option(min=1, help="knapsack/gradient: cost model measures every STRIDE-th step")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
@@ -123,7 +125,7 @@ def tune(
     for row in comparison_rows(manifest):
         table.add_row(*row)
     console.print(table)
-    console.print(f"{result.reason}. Run folder: {result.out} (report.md, manifest.json)", highlight=False)
+    console.print(f"{result.reason}. Run folder: {result.out} (report.md, report.html, manifest.json)", highlight=False)
     if result.status != "met":
         fail(f"budgets cannot both hold: {result.reason}; the best plan found is saved in {result.out}", INFEASIBLE_EXIT)
 
@@ -174,6 +176,10 @@ def profile(
     stride: Annotated[int, typer.Option(min=1, help="cost model: measure every STRIDE-th granule step")] = 1,
     refresh: Annotated[bool, typer.Option("--refresh", help="measure again even if a stored profile matches")] = False,
     components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
+    device: Annotated[str | None, typer.Option(help="run on this device instead of the target's: local or "
+                                                    "ssh://user@host[:port]")] = None,
+    agent_python: Annotated[str | None, typer.Option(help="remote device: the Python with edgeprune installed "
+                                                          "(default: the target's agent_python, else python3)")] = None,
 ) -> None:
     """Profile TASK's dense model on TARGET: per-component and per-group time; stored and reused by key."""
     from edgeprune.profiles import ProfileStore, profile_task
@@ -182,7 +188,7 @@ def profile(
     from edgeprune.tune import target_inputs
 
     try:
-        t, tg = load_task(task), load_target(target)
+        t, tg = load_task(task), load_target(target).on_device(device, agent_python)
         runtime = get_runtime(tg)
         graph_args = {"components": parse_components(components) if components else t.components,
                       "output_layers": t.output_layers}
@@ -222,6 +228,30 @@ def profile(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder (holds manifest.json)")],
+    out: Annotated[Path | None, typer.Option(help="write the report here; default: the run folder")] = None,
+    screenshot: Annotated[bool, typer.Option(
+        "--screenshot", help="render the HTML in headless Chromium and save figures/report-screenshot.png")] = False,
+    profiles: Annotated[Path | None, typer.Option(
+        help="profile store searched for a cost model when the run used none; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
+) -> None:
+    """Write RUN_DIR's report: Markdown and a self-contained HTML page with figures (PNGs also in figures/)."""
+    from edgeprune.report import FIGURES, SCREENSHOT, ReportError, load_manifest, write_report
+    from edgeprune.report import screenshot as render
+
+    try:
+        markdown = write_report(run_dir, load_manifest(run_dir), out, profiles)
+        page = markdown.with_suffix(".html")
+        console.print(f"report written: {markdown} and {page} (figures in {markdown.parent / FIGURES})", highlight=False)
+        if screenshot:
+            shot = render(page, markdown.parent / FIGURES / SCREENSHOT)
+            console.print(f"rendered in headless Chromium: {shot}", highlight=False)
+    except (ReportError, *USER_ERRORS) as exc:
+        fail(str(exc))
+
+
+@app.command()
 def tasks() -> None:
     """List the built-in tasks."""
     table = Table("task", "metric", "default budget", "description")
@@ -248,6 +278,35 @@ def targets() -> None:
                                           "jetson_clocks" if t.power.jetson_clocks else "") if p)
             table.add_row(t.name, t.runtime, t.device, t.precision, str(t.granule), power or "—", str(path))
     console.print(table)
+
+
+@app.command()
+def deploy(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder (holds manifest.json and model.onnx)")],
+    device: Annotated[str, typer.Option(help="ssh://user@host[:port] (or local)")],
+    dest: Annotated[str | None, typer.Option(help="folder on the device; default ~/edgeprune/deploy/TASK")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="put the previous version back instead")] = False,
+    agent_python: Annotated[str | None, typer.Option(help="the device's Python with edgeprune installed "
+                                                          "(default: the run target's agent_python, else python3)")] = None,
+    allow_infeasible: Annotated[bool, typer.Option("--allow-infeasible",
+                                                   help="deploy a run whose budgets do not both hold")] = False,
+) -> None:
+    """Install RUN_DIR's model on DEVICE: upload, sha256 check there, atomic swap keeping the previous, smoke run."""
+    from edgeprune.deploy import DeployError
+    from edgeprune.deploy import deploy as run_deploy
+    from edgeprune.deploy import rollback as run_rollback
+
+    def log(message: str) -> None:
+        console.log(message, highlight=False)
+
+    try:
+        if rollback:
+            result = run_rollback(run_dir, device, dest, agent_python, log=log)
+        else:
+            result = run_deploy(run_dir, device, dest, agent_python, allow_infeasible=allow_infeasible, log=log)
+    except (DeployError, *USER_ERRORS) as exc:
+        fail(str(exc))
+    console.print(result.summary(), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,13 +1,35 @@
-"""The run report: a short Markdown page written from the manifest, the plan and the stored profiles."""
+"""The run report: Markdown and a self-contained HTML page (figures embedded) written from a run folder.
+
+Everything comes from the manifest, the plan, the two stored profiles (dense and pruned) and, where there is one,
+the cost model: a report can be rendered again at any time, and ``bench/compare.py`` builds its page with the
+same :class:`Page`. Files are written under temporary names and renamed, so a reader never sees half a report.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from edgeprune.budgets import MetricBudget
 from edgeprune.profiling import load_profile
+
+if TYPE_CHECKING:  # the cost model and figures pull in torch and matplotlib: imported where a report is drawn
+    from edgeprune.cost import CostModel
+    from edgeprune.figures import Staircase
 
 FLOW_POLICIES = {
     "protect": "Flow policy `protect`: they keep their width.",
@@ -15,6 +37,37 @@ FLOW_POLICIES = {
              "normalised importance combined (min or mean, see the manifest's settings).",
     "owner": "Flow policy `owner`: they are pruned in every component, on the producing component's importance.",
 }
+MANIFEST = "manifest.json"
+FIGURES = "figures"
+SCREENSHOT = "report-screenshot.png"
+#: groups drawn in the staircase figure (those whose predicted latency spans most)
+STAIRCASE_GROUPS = 6
+#: layers in the slowest-layers figure and table
+SLOWEST_LAYERS = 12
+CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+UNATTRIBUTED = "(unattributed)"
+
+
+class ReportError(ValueError):
+    """A report cannot be made: no run in the folder, or no browser to render it."""
+
+
+# -- numbers, formatted one way everywhere ---------------------------------------------------------------------
+def fmt(value: float) -> str:
+    """A measured or computed quantity: four significant digits."""
+    return f"{value:.4g}"
+
+
+def fmt_ms(value: float) -> str:
+    return f"{value:.4g} ms"
+
+
+def fmt_share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def check(holds: bool) -> str:
+    return "✓" if holds else "✗"
 
 
 def _fmt_search(search: dict) -> str:
@@ -22,14 +75,14 @@ def _fmt_search(search: dict) -> str:
     if not search:
         return "—"
     cost = f", {search['evaluations']} evaluations" if search.get("evaluations") else ""
-    predicted = f", predicted {search['predicted_ms']:.4g} ms" if search.get("predicted_ms") is not None else ""
+    predicted = f", predicted {fmt_ms(search['predicted_ms'])}" if search.get("predicted_ms") is not None else ""
     return f"{search['strategy']} → sparsity {search['sparsity']:.3f}{predicted} ({search['search_s']:.1f} s{cost})"
 
 
 def _fmt_latency(latency: dict | None) -> str:
     if not latency:
         return "not measured"
-    return f"{latency['median_ms']:.4g} ms (±{100 * latency['spread'] / 2:.1f} %)"
+    return f"{fmt_ms(latency['median_ms'])} (±{100 * latency['spread'] / 2:.1f} %)"
 
 
 def comparison_rows(manifest: dict) -> list[tuple[str, str, str]]:
@@ -38,90 +91,457 @@ def comparison_rows(manifest: dict) -> list[tuple[str, str, str]]:
     speedup = dense["latency"]["median_ms"] / pruned["latency"]["median_ms"] if pruned["latency"] else float("nan")
     return [
         ("latency (measured, median)", _fmt_latency(dense["latency"]), _fmt_latency(pruned["latency"]) + f" — {speedup:.2f}× faster"),
-        (metric, f"{dense['metrics'][metric]:.4g}", f"{pruned['metrics'][metric]:.4g}"),
+        (metric, fmt(dense["metrics"][metric]), fmt(pruned["metrics"][metric])),
         ("parameters", f"{dense['params']:,}", f"{pruned['params']:,} ({pruned['params'] / dense['params']:.1%})"),
         ("MACs per input sample (Torch-Pruning count)", f"{dense['macs']:,}", f"{pruned['macs']:,} ({pruned['macs'] / dense['macs']:.1%})"),
         ("channel sparsity", "0", f"{pruned['channel_sparsity']:.1%}"),
     ]
 
 
-def _table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def budget_rows(manifest: dict) -> list[list[str]]:
+    """(budget, asked, threshold, achieved, holds) for the latency and the metric budget, each verdict with the
+    comparison that decides it."""
+    budgets, metric, pruned = manifest["budgets"], manifest["task"]["metric"], manifest["pruned"]
+    lat, met = budgets["latency"], budgets["metric"]
+    value, op = pruned["metrics"][metric], MetricBudget.parse(met["expression"]).op
+    achieved_ms = pruned["latency"]["median_ms"] if pruned["latency"] else float("nan")
+    return [
+        ["latency", lat["expression"], fmt_ms(lat["threshold_ms"]), _fmt_latency(pruned["latency"]),
+         f"{check(lat['holds'])} {fmt(achieved_ms)} {'≤' if lat['holds'] else '>'} {fmt(lat['threshold_ms'])} ms"],
+        [metric, met["expression"], fmt(met["threshold"]), fmt(value),
+         f"{check(met['holds'])} {fmt(value)} {op if met['holds'] else 'not ' + op} {fmt(met['threshold'])}"],
+    ]
+
+
+def step_counts(manifest: dict) -> str:
+    """One line: how many steps, accepted, rolled back and measured."""
+    steps = manifest["steps"][1:]  # the first is the dense model
+    accepted = sum(s["status"] == "accepted" for s in steps)
+    measured = sum(1 for s in manifest["steps"] if s["latency"] is not None)
+    return (f"{len(steps)} pruning steps after the dense model: {accepted} accepted, {len(steps) - accepted} rolled "
+            f"back; {measured} latency measurements (dense included).")
+
+
+# -- a page: Markdown and self-contained HTML from the same blocks ---------------------------------------------
+_INLINE = [
+    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\[([^\]]+)\]\(((?![a-z][a-z0-9+.-]*:)[^)\s]+)\)"), r'<a href="\2">\1</a>'),  # relative links only
+]
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1a202c;max-width:1180px;
+margin:2em auto;padding:0 1.2em;background:#fff}
+h1{font-size:1.6em;border-bottom:2px solid #2b6cb0;padding-bottom:.3em}h2{margin-top:1.8em;color:#2c5282}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}th,td{border:1px solid #cbd5e0;padding:.3em .6em;
+text-align:left;vertical-align:top}th{background:#ebf4ff}tr:nth-child(even) td{background:#f7fafc}
+code{background:#edf2f7;padding:.05em .3em;border-radius:3px;font-size:.92em}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e2e8f0}figcaption{color:#4a5568;font-size:.9em}
+.callout{border-left:4px solid #c53030;background:#fff5f5;padding:.6em 1em}
+"""
+
+
+def _inline(text: str) -> str:
+    out = html.escape(str(text), quote=False)
+    for pattern, repl in _INLINE:
+        out = pattern.sub(repl, out)
+    return out
+
+
+@dataclass
+class Page:
+    """A document as a list of blocks, rendered to Markdown (figures linked) or HTML (figures embedded)."""
+
+    title: str
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("heading", (level, text)))
+
+    def text(self, markdown: str, callout: bool = False) -> None:
+        """A paragraph, or a list when every line starts with ``- ``; inline ``**bold**``, code and links."""
+        self.blocks.append(("callout" if callout else "text", markdown))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        self.blocks.append(("table", (list(header), [[str(c) for c in row] for row in rows])))
+
+    def figure(self, path: Path, caption: str) -> None:
+        self.blocks.append(("figure", (path, caption)))
+
+    def markdown(self) -> str:
+        parts = [f"# {self.title}"]
+        for kind, value in self.blocks:
+            if kind == "heading":
+                level, text = value
+                parts.append(f"{'#' * level} {text}")
+            elif kind == "table":
+                parts.append(markdown_table(*value))
+            elif kind == "figure":
+                path, caption = value
+                parts.append(f"![{caption}]({FIGURES}/{path.name})\n\n*{caption}*")
+            else:
+                parts.append(f"> {value}" if kind == "callout" else str(value))
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        body = [f"<h1>{_inline(self.title)}</h1>"]
+        for kind, value in self.blocks:
+            if kind == "heading":
+                level, text = value
+                body.append(f"<h{level}>{_inline(text)}</h{level}>")
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{_inline(h)}</th>" for h in header)
+                cells = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            elif kind == "figure":
+                path, caption = value
+                data = base64.b64encode(path.read_bytes()).decode()
+                body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{_inline(caption)}</figcaption></figure>")
+            else:
+                lines = str(value).splitlines()
+                if lines and all(line.startswith("- ") for line in lines):
+                    body.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in lines) + "</ul>")
+                else:
+                    css = ' class="callout"' if kind == "callout" else ""
+                    body.append(f"<p{css}>{_inline(value)}</p>")
+        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}'
+                f"</title><style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+    def write(self, folder: Path, stem: str) -> Path:
+        """``STEM.md``, ``STEM.html`` and ``figures/*.png`` into ``folder``, each written under a temporary name and
+        renamed (the figures, drawn into a :func:`staging` folder, are moved into place). ``figures/`` then holds
+        this page's figures only: one left from an earlier rendering (a staircase, a screenshot) would mislead."""
+        texts = {f"{stem}.md": self.markdown(), f"{stem}.html": self.html()}  # reads the figures before moving them
+        figures = folder / FIGURES
+        figures.mkdir(parents=True, exist_ok=True)
+        drawn = [value[0] for kind, value in self.blocks if kind == "figure"]
+        for stale in set(figures.glob("*.png")) - {figures / path.name for path in drawn}:
+            stale.unlink()
+        for path in drawn:
+            if path.parent != figures:
+                os.replace(path, figures / path.name)
+        for name, text in texts.items():
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(folder / name)
+        return folder / f"{stem}.md"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _component_shares(dense: pd.DataFrame, pruned: pd.DataFrame) -> str:
-    def by(frame: pd.DataFrame) -> pd.Series:
-        return frame.assign(component=frame["component"].replace("", "(unattributed)")).groupby("component")["time_ms"].sum()
+@contextmanager
+def staging(folder: Path) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` for figures in the making; removed on exit whatever happens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
-    a, b = by(dense), by(pruned)
-    rows = [[c, f"{a.get(c, 0):.4f}", f"{b.get(c, 0):.4f}", f"{b.get(c, 0) / a.get(c, 1):.0%}" if a.get(c, 0) else "—"]
-            for c in sorted(set(a.index) | set(b.index))]
-    rows.append(["**sum of node times**", f"{a.sum():.4f}", f"{b.sum():.4f}", f"{b.sum() / a.sum():.0%}"])
-    return _table(["component", "dense ms", "pruned ms", "pruned / dense"], rows)
+
+# -- the run report's pieces -----------------------------------------------------------------------------------
+def steps_frame(manifest: dict) -> pd.DataFrame:
+    """One row per step: index, status, metric, measured latency (NaN where not measured), whether final."""
+    metric, final = manifest["task"]["metric"], manifest["pruned"]["index"]
+    return pd.DataFrame([{
+        "index": s["index"], "status": s["status"], "metric": s["metrics"].get(metric, float("nan")),
+        "latency_ms": s["latency"]["median_ms"] if s["latency"] else float("nan"), "final": s["index"] == final,
+    } for s in manifest["steps"]])
 
 
-def _not_pruned(graph: dict) -> list[str]:
+def component_frame(plan: dict, dense: pd.DataFrame, pruned: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
+    """Per component (in ``order``, then the rest): intra groups' dense and kept channels, profiled time dense and
+    pruned. Flow groups cross components, so their channels form a row of their own; profile rows no module
+    claims form ``(unattributed)``."""
+    rows: dict[str, Counter] = {name: Counter() for name in order}
+    for group in plan["groups"].values():
+        name = group["components"][0] if group["kind"] == "intra" else "flow groups (interfaces)"
+        row = rows.setdefault(name, Counter())
+        row["groups"] += 1
+        row["dense_channels"] += group["width"]
+        row["kept_channels"] += len(group["keep"])
+    times = {label: frame.assign(component=frame["component"].replace("", UNATTRIBUTED))
+             .groupby("component")["time_ms"].sum() for label, frame in (("dense_ms", dense), ("pruned_ms", pruned))}
+    for label, series in times.items():
+        for name, ms in series.items():
+            rows.setdefault(name, Counter())[label] = float(ms)
+    columns = ["groups", "dense_channels", "kept_channels", "dense_ms", "pruned_ms"]
+    frame = pd.DataFrame([{"component": k, **v} for k, v in rows.items()]).reindex(columns=["component", *columns])
+    # counts are 0 where no group belongs to a row; times NaN where no layer of that profile does
+    return frame.fillna({c: 0 for c in columns[:3]}).astype({c: int for c in columns[:3]})
+
+
+def layer_times(profile: pd.DataFrame) -> pd.Series:
+    """Profiled ms per layer, named so the dense and the pruned profile line up: module and op (numbered when a
+    module runs the op more than once); the runtime's own name where no module claims the layer."""
+    names = [(r.module or r.layer) + (f" ({r.op_type})" if r.module and r.op_type else "") for r in profile.itertuples()]
+    total, seen = Counter(names), Counter()
+    labels = []
+    for name in names:
+        seen[name] += 1
+        labels.append(name if total[name] == 1 else f"{name} #{seen[name]}")
+    return pd.Series(profile["time_ms"].to_numpy(dtype=float), index=labels)
+
+
+def slowest_layers(dense: pd.DataFrame, pruned: pd.DataFrame, top: int = SLOWEST_LAYERS) -> pd.DataFrame:
+    """The ``top`` layers slowest in either profile, dense time first."""
+    both = pd.DataFrame({"dense_ms": layer_times(dense), "pruned_ms": layer_times(pruned)})
+    both["slowest"] = both.max(axis=1)
+    picked = both.sort_values("slowest", ascending=False).head(top).sort_values("dense_ms", ascending=False)
+    return picked.drop(columns="slowest").rename_axis("layer").reset_index()
+
+
+def find_cost_model(manifest: dict, store: Path | None = None) -> tuple[CostModel | None, str]:
+    """The cost model to draw and a sentence on where it comes from — or None and a sentence on why there is none.
+
+    A knapsack run's own cost model (recalibrated as the run left it); otherwise a cost model stored for the same
+    dense weights and target settings (``store``, default $EDGEPRUNE_PROFILES or ./profiles), clearly marked as
+    not used by the run.
+    """
+    from edgeprune.cost import CostModel, CostModelError
+    from edgeprune.profiles import default_root
+
+    own = manifest.get("cost_model")
+    if own:
+        path = Path(own["path"])
+        try:
+            cost = CostModel.load(path)
+        except CostModelError:
+            return None, f"No staircase: this run planned on the cost model `{path}`, which can no longer be read."
+        points = [tuple(p) for p in own["calibration"]["points"]]
+        return cost.calibrated(points), (f"The cost model this run planned on (`{path}`), calibrated as the run left "
+                                         f"it on {len(points)} whole-model measurement{'s' * (len(points) != 1)}.")
+    root = store or default_root()
+    task, digest = manifest["task"], manifest["target"]["digest"]
+    for path in sorted((root / task["name"]).glob(f"{manifest['target']['name']}-*.cost.json")):
+        try:
+            cost = CostModel.load(path)
+        except CostModelError:
+            continue
+        facts = cost.provenance
+        if facts.get("model_hash") == task["dense_weights_sha256"] and facts.get("target_digest") == digest:
+            return cost, (f"This run (strategy {manifest['settings'].get('strategy', 'magnitude')}) planned without a "
+                          f"cost model; shown is the one stored for the same dense weights and target, `{path}` "
+                          f"(its own calibration).")
+    settings = manifest["settings"]
+    return None, (f"No staircase: this run (strategy {settings.get('strategy', 'magnitude')}) planned without a "
+                  f"cost model, and none is stored for its dense weights and target under `{root}`. "
+                  f"`edgeprune profile --task {settings['task']} --target {settings['target']} --cost-model` "
+                  f"measures one; `edgeprune report` then draws it.")
+
+
+def staircases(cost: CostModel, plan: dict, top: int = STAIRCASE_GROUPS) -> list[Staircase]:
+    """The ``top`` groups whose predicted latency spans most, each as a :class:`~edgeprune.figures.Staircase`."""
+    from edgeprune.figures import Staircase
+
+    curves = []
+    for key, lut in cost.groups.items():
+        if len(lut.kept) < 2:
+            continue  # never cut (no wider than a granule)
+        kept = list(range(lut.kept[0], lut.width + 1))
+        group = plan["groups"].get(key)
+        curves.append(Staircase(key, kept, [cost.predict_ms({key: k}) for k in kept], cost.staircase(key),
+                                len(group["keep"]) if group else None))
+    return sorted(curves, key=lambda c: max(c.ms) - min(c.ms), reverse=True)[:top]
+
+
+def _ms_and_share(ms: float, total: float) -> tuple[str, str]:
+    """A profiled time and its share of the profile; dashes where the profile has no such row (NaN)."""
+    return ("—", "—") if pd.isna(ms) else (fmt(ms), fmt_share(ms / total))
+
+
+def _provenance_rows(manifest: dict, dense: pd.DataFrame, pruned: pd.DataFrame,
+                     cost: CostModel | None) -> list[list[str]]:
+    target = manifest["target"]
+    power = target.get("power") or {}
+    rows = [[k, str(v)] for k, v in manifest["versions"].items()]
+    rows += [
+        ["target", (f"{target['name']} (digest {target['digest']}): runtime {target['runtime']}, device "
+                   f"{target['device']}, precision {target['precision']}, granule {target['granule']}, batch "
+                   f"{target.get('batch') or 'as the task gives'}")],
+        ["measurement", ", ".join(f"{k} {v}" for k, v in target["measure"].items())],
+    ]
+    if any(v not in (None, False) for v in power.values()):
+        rows.append(["power mode", ", ".join(f"{k} {v}" for k, v in power.items() if v not in (None, False))])
+    for key, value in (manifest.get("device") or {}).items():
+        rows.append([f"device: {key}", str(value)])
+    if cost is not None:
+        facts = cost.provenance
+        rows += [[f"host: {k}", str(facts[k])] for k in ("host_cpu", "cpu_count") if k in facts]
+    rows += [
+        ["run created", manifest["created"]], ["wall time", f"{manifest['wall_s']} s"],
+        ["dense profile", f"{dense.attrs.get('date', '—')}, model {dense.attrs.get('model_hash', '—')}"],
+        ["pruned profile", f"{pruned.attrs.get('date', '—')}, model {pruned.attrs.get('model_hash', '—')}"],
+        ["run key", manifest["run_key"]],
+        ["dense weights sha256", manifest["task"]["dense_weights_sha256"]],
+        ["plan digest", manifest["pruned"]["plan_digest"]],
+    ]
+    rows += [[f"sha256 {name}", digest] for name, digest in (manifest.get("files") or {}).items()
+             if not name.startswith("report")]
+    return rows
+
+
+def _not_pruned(page: Page, graph: dict) -> None:
     """Layers no group prunes, and Torch-Pruning's own warnings: never left silent."""
-    parts = []
     if graph["not_pruned"]:
-        parts += ["### Layers no group prunes", _table(["layer", "why"], [[k, v] for k, v in graph["not_pruned"].items()])]
+        page.heading("Layers no group prunes", 3)
+        page.table(["layer", "why"], [[k, v] for k, v in graph["not_pruned"].items()])
     if graph["torch_pruning_notes"]:
-        parts += ["### Torch-Pruning warnings", "\n".join(f"- {n}" for n in graph["torch_pruning_notes"])]
-    return parts
+        page.heading("Torch-Pruning warnings", 3)
+        page.text("\n".join(f"- {n}" for n in graph["torch_pruning_notes"]))
 
 
-def write_report(folder: Path, manifest: dict) -> Path:
-    """Write ``report.md`` into a run folder (reads plan.json and the profiles beside it)."""
-    budgets, metric = manifest["budgets"], manifest["task"]["metric"]
+def build_report(folder: Path, manifest: dict, figures: Path, store: Path | None = None) -> Page:
+    """The report of the run in ``folder`` as a :class:`Page`, its figures drawn into ``figures``."""
+    from edgeprune.figures import components_figure, layers_figure, staircase_figure, steps_figure
+
+    budgets, metric, target = manifest["budgets"], manifest["task"]["metric"], manifest["target"]
     plan = json.loads((folder / "plan.json").read_text())
     dense_profile, pruned_profile = load_profile(folder / "profile-dense.csv"), load_profile(folder / "profile.csv")
-    target = manifest["target"]
-    parts = [
-        f"# edgeprune: {manifest['task']['name']} on {target['name']} — {manifest['status']}",
-        manifest["reason"] + ".",
-        "## Budgets",
-        _table(["budget", "asked", "threshold", "achieved", "holds"], [
-            ["latency", budgets["latency"]["expression"], f"{budgets['latency']['threshold_ms']:.4g} ms",
-             _fmt_latency(manifest["pruned"]["latency"]), "yes" if budgets["latency"]["holds"] else "**no**"],
-            [metric, budgets["metric"]["expression"], f"{budgets['metric']['threshold']:.4g}",
-             f"{manifest['pruned']['metrics'][metric]:.4g}", "yes" if budgets["metric"]["holds"] else "**no**"],
-        ]),
-        "## Dense vs pruned",
-        _table(["", "dense", "pruned"], [list(r) for r in comparison_rows(manifest)]),
-        "## Steps",
-        _table(["step", "ratio", "status", metric, "latency", "MACs", "search", "note"], [
-            [s["index"], f"{s['ratio']:.3g}", s["status"],
-             f"{s['metrics'][metric]:.4g}" if metric in s["metrics"] else "—", _fmt_latency(s["latency"]),
-             f"{s['macs']:,}" if s["macs"] else "—", _fmt_search(s.get("search") or {}), s["note"]]
-            for s in manifest["steps"]
-        ]),
-        f"## Latency by component ({manifest['target']['runtime']} profile, per inference)",
-        _component_shares(dense_profile, pruned_profile),
-        "## Slowest nodes after pruning",
-        _table(["node", "op", "module", "ms", "share"], [
-            [r.layer, r.op_type, r.module or "(unattributed)", f"{r.time_ms:.4f}", f"{r.share:.1%}"]
-            for r in pruned_profile.sort_values("time_ms", ascending=False).head(10).itertuples()
-        ]),
-        "## Groups",
-        _table(["group (root)", "class", "components", "dense width", "kept"], [
-            [k, g["kind"], ", ".join(g["components"]), g["width"], len(g["keep"])] for k, g in plan["groups"].items()
-        ]),
-        "Flow groups cross a component boundary (an interface). " + FLOW_POLICIES[manifest["settings"]["flow_policy"]],
-        *_not_pruned(manifest["graph"]),
-        "## Provenance",
-        _table(["", ""], [
-            *([k, v] for k, v in manifest["versions"].items()),
-            ["target", (f"{target['name']} (runtime {target['runtime']}, device {target['device']}, "
-                        f"precision {target['precision']}, granule {target['granule']})")],
-            ["created", manifest["created"]],
-            ["wall time", f"{manifest['wall_s']} s"],
-        ]),
-        (f"Latencies are measured with {target['runtime']} on this machine ({target['measure']['repeats']} fresh "
-         f"sessions × {target['measure']['runs']} runs, median of medians; ± is half the spread between "
-         "repetitions). No TensorRT engine was built or timed in this run."),
-    ]
-    path = folder / "report.md"
-    path.write_text("\n\n".join(parts) + "\n")
-    return path
+    name = f"{manifest['task']['name']} on {target['name']}"
+    page = Page(f"edgeprune: {name} — {manifest['status']}")
+    if manifest["status"] == "met":
+        page.text(manifest["reason"][0].upper() + manifest["reason"][1:] + ".")
+    else:
+        page.text(f"**Infeasible:** {manifest['reason']}. The bundle holds the best plan found (step "
+                  f"{manifest['pruned']['index']}); the steps below show where each budget gave way.", callout=True)
+
+    page.heading("Budgets")
+    page.table(["budget", "asked", "threshold", "achieved", "holds"], budget_rows(manifest))
+    page.heading("Dense vs pruned")
+    page.table(["", "dense", "pruned"], comparison_rows(manifest))
+
+    page.heading("Steps")
+    page.text(step_counts(manifest))
+    page.table(["step", "ratio", "status", metric, "latency", "MACs", "search", "note"], [
+        [s["index"], f"{s['ratio']:.3g}", s["status"], fmt(s["metrics"][metric]) if metric in s["metrics"] else "—",
+         _fmt_latency(s["latency"]), f"{s['macs']:,}" if s["macs"] else "—", _fmt_search(s.get("search") or {}),
+         s["note"]]
+        for s in manifest["steps"]
+    ])
+    higher = MetricBudget.parse(budgets["metric"]["expression"]).op.startswith(">")
+    page.figure(steps_figure(steps_frame(manifest), metric, budgets["latency"]["threshold_ms"],
+                             budgets["metric"]["threshold"], higher, figures / "steps.png", name),
+                f"{metric} against measured latency over the loop's steps; rolled-back steps (✗) appear on the "
+                "left only when they were measured (a latency planner's step that measured no faster)")
+
+    page.heading(f"Latency by component ({target['runtime']} profile, per inference) and sparsity")
+    components = component_frame(plan, dense_profile, pruned_profile, list(manifest["graph"]["components"]))
+    dense_total, pruned_total = components["dense_ms"].sum(), components["pruned_ms"].sum()
+    page.table(["component", "groups", "channels", "kept", "sparsity", "dense ms", "dense share", "pruned ms",
+                "pruned share"], [
+        [r.component, r.groups or "—", r.dense_channels or "—", r.kept_channels or "—",
+         fmt_share(1 - r.kept_channels / r.dense_channels) if r.dense_channels else "—",
+         *_ms_and_share(r.dense_ms, dense_total), *_ms_and_share(r.pruned_ms, pruned_total)]
+        for r in components.itertuples()
+    ] + [["**sum of layer times**", "", "", "", "", fmt(dense_total), "", fmt(pruned_total),
+          f"{pruned_total / dense_total:.0%} of dense"]])
+    page.figure(components_figure(components, figures / "components.png", name),
+                "channels and profiled time per component, dense vs pruned")
+
+    page.heading("Cost model: latency staircase per group")
+    cost, source = find_cost_model(manifest, store)
+    if cost is None:
+        page.text(source)
+    else:
+        curves = staircases(cost, plan)
+        page.text(f"{source} Each panel: predicted end-to-end latency with only that group cut, at every kept "
+                  f"count (a partly filled granule costs what the full one does); dots are the profiled cuts; "
+                  f"dashed, what this run's plan keeps. The {len(curves)} groups whose latency spans most.")
+        page.table(["group", "width", "profiled cuts", "predicted at fewest kept", "predicted at dense width",
+                    "plan keeps", "predicted at plan keep"], [
+            [c.group, c.kept[-1], len(c.sampled) - 1, fmt_ms(c.ms[0]), fmt_ms(c.ms[-1]),
+             c.plan_keep if c.plan_keep is not None else "—",
+             fmt_ms(c.ms[c.kept.index(c.plan_keep)]) if c.plan_keep in c.kept else "—"]
+            for c in curves
+        ])
+        if curves:
+            page.figure(staircase_figure(curves, figures / "staircase.png", name),
+                        "predicted latency vs kept channels, per group (the others dense)")
+
+    page.heading("Slowest layers before and after")
+    layers = slowest_layers(dense_profile, pruned_profile)
+    page.table(["layer", "dense ms", "dense share", "pruned ms", "pruned share", "pruned / dense"], [
+        [r.layer, *_ms_and_share(r.dense_ms, dense_total), *_ms_and_share(r.pruned_ms, pruned_total),
+         f"{r.pruned_ms / r.dense_ms:.0%}" if r.dense_ms > 0 and r.pruned_ms >= 0 else "—"]
+        for r in layers.itertuples()
+    ])
+    page.figure(layers_figure(layers, figures / "layers.png", f"{name}: slowest layers, dense vs pruned"),
+                "profiled time of the slowest layers (module and op), dense vs pruned")
+
+    page.heading("Groups")
+    page.table(["group (root)", "class", "components", "dense width", "kept", "sparsity"], [
+        [k, g["kind"], ", ".join(g["components"]), g["width"], len(g["keep"]), fmt_share(1 - len(g["keep"]) / g["width"])]
+        for k, g in plan["groups"].items()
+    ])
+    page.text("Flow groups cross a component boundary (an interface). "
+              + FLOW_POLICIES[manifest["settings"].get("flow_policy", "protect")])
+    _not_pruned(page, manifest["graph"])
+
+    page.heading("Provenance")
+    page.table(["", ""], _provenance_rows(manifest, dense_profile, pruned_profile, cost))
+    measure = target["measure"]
+    engine = "" if target["runtime"] in ("tensorrt", "trtexec") else " No TensorRT engine was built or timed in this run."
+    page.text(f"Latencies are measured with {target['runtime']} on device `{target['device']}` "
+              f"({measure['repeats']} fresh sessions × {measure['runs']} runs, median of medians; ± is half the "
+              f"spread between repetitions).{engine}")
+    return page
+
+
+def write_report(folder: Path, manifest: dict, out: Path | None = None, store: Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` (self-contained) and ``figures/*.png`` for the run in ``folder`` into
+    ``out`` (default: the run folder); returns the Markdown's path. ``store``: where to look for a cost model."""
+    out = out or folder
+    with staging(out) as tmp:
+        return build_report(folder, manifest, tmp, store).write(out, "report")
+
+
+def load_manifest(run_dir: Path) -> dict:
+    """A finished run's manifest, or a one-line error saying what the folder lacks."""
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise ReportError(f"{run_dir} holds no finished edgeprune run (no {MANIFEST})")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def find_chromium() -> str:
+    """The headless browser that renders reports; a clear error when there is none."""
+    for name in CHROMIUM:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ReportError("no Chromium to render the report with (looked for " + ", ".join(CHROMIUM) +
+                      "): `make setup` installs it (Debian package chromium)")
+
+
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000, timeout_s: float = 120) -> Path:
+    """Render an HTML file in headless Chromium and save a screenshot: proof the page renders, not just parses."""
+    browser = find_chromium()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-chromium-") as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+               f"--user-data-dir={profile}", f"--screenshot={tmp}", f"--window-size={width},{height}",
+               page.resolve().as_uri()]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ReportError(f"Chromium did not render {page} within {timeout_s:g} s") from exc
+    if not tmp.is_file() or tmp.stat().st_size == 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ReportError(f"Chromium wrote no screenshot of {page} (exit {done.returncode}): {last}")
+    tmp.replace(png)
+    return png

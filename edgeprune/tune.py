@@ -287,7 +287,9 @@ class _Loop:
                 flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
                 component_shares=s.component_shares, seed=s.seed, max_group_ratio=s.max_ratio, best_effort=True,
                 **self.graph_args)
-        return choose(s.strategy, self.task, model, plan, ratio, inputs=self.inputs, granule=self.target.granule,
+        # a latency planner's ratio ramps its target up to 1; for the gradient it only sets where the search starts
+        rho = min(ratio, s.max_ratio) if s.plans_latency else ratio
+        return choose(s.strategy, self.task, model, plan, rho, inputs=self.inputs, granule=self.target.granule,
                       flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
                       epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio,
                       cost=self.cost if s.plans_latency else None, budget_ms=target_ms, **self.graph_args)
@@ -391,11 +393,11 @@ class _Loop:
             reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
                       f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
             return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+        metric_wall = (f"the metric budget breaks before the latency budget holds: the best plan measures "
+                       f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
+                       f"{best.metrics[self.metric_budget.metric]:.4g}")
         if step < self.settings.min_step:
-            reason = (f"the metric budget breaks before the latency budget holds: the best plan measures "
-                      f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
-                      f"{best.metrics[self.metric_budget.metric]:.4g}")
-            return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+            return model, plan, ratio, step, best, Outcome("infeasible", metric_wall, model, plan, dense, best)
         # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
         # the dense latency it aims to remove, ramped until its target is the budget itself
         trial = min(1.0 if planned else self.settings.max_ratio, ratio + step)
@@ -421,6 +423,9 @@ class _Loop:
                 return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
             return model, plan, trial, step, best, None
         if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
+            if planned and self.dense_ms * (1.0 - trial) <= self.budget_ms:
+                # aimed at the budget itself: a smaller step aims there again and plans the same (deterministic) cut
+                return model, plan, ratio, step, best, Outcome("infeasible", metric_wall, model, plan, dense, best)
             return model, plan, ratio, step / 2, best, None
         if self.settings.finetune_steps:
             torch.manual_seed(self.settings.seed)
@@ -441,7 +446,22 @@ class _Loop:
         _, latency = self.measure(candidate, f"step{record.index}")
         record.latency = latency.to_dict()
         if planned:
+            local = self.local
             self.recalibrate(candidate_plan, latency.median_ms)
+            if latency.median_ms >= best.latency_ms:
+                # planned to be faster, measured no faster: the runtime's kernels for this combination of widths
+                # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
+                # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
+                # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
+                self.local = local
+                record.status = "rolled-back"
+                record.note = (f"measured {latency.median_ms:.4g} ms, no faster than step {best.index}'s "
+                               f"{best.latency_ms:.4g} ms")
+                record.seconds = time.perf_counter() - t0
+                self.steps.append(record)
+                rejected.add(record.plan_digest)
+                self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
+                return model, plan, trial, step, best, None
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
         self.steps.append(record)
@@ -547,7 +567,7 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
                        if loop.settings.plans_latency else None),
     }
     write_report(folder, manifest)
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
+    manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
                          if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
