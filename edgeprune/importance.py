@@ -86,6 +86,8 @@ def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Callable[
     channel gate (Molchanov et al., 2019), which equals the activation times its gradient summed over the batch.
     Measured on ``graph.model`` as it is (eval mode: BatchNorm keeps its running statistics), weights frozen.
     """
+    if not keys:  # every group at its bound: nothing to rank
+        return {}
     model = graph.model
     masks = {k: torch.ones(graph.groups[k].width, requires_grad=True) for k in keys}
     total = {k: torch.zeros(graph.groups[k].width) for k in keys}

@@ -423,8 +423,9 @@ class _Loop:
                 return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
             return model, plan, trial, step, best, None
         if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
-            if planned and self.dense_ms * (1.0 - trial) <= self.budget_ms:
-                # aimed at the budget itself: a smaller step aims there again and plans the same (deterministic) cut
+            if planned and self.dense_ms * (1.0 - ratio) <= self.budget_ms:
+                # the model already came from a step aimed at the budget itself: every smaller step aims there
+                # again and plans the same (deterministic) cut
                 return model, plan, ratio, step, best, Outcome("infeasible", metric_wall, model, plan, dense, best)
             return model, plan, ratio, step / 2, best, None
         if self.settings.finetune_steps:
@@ -519,7 +520,7 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
 
 def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s: float) -> dict[str, object]:
     """Plan, weights, ONNX, profiles, steps, manifest and report of a finished loop, written into ``folder``."""
-    from edgeprune.report import write_report
+    from edgeprune.report import FIGURES, write_report
 
     model, plan, final = outcome.model, outcome.plan, outcome.final
     loop.log("writing the bundle: ONNX export, profiles, report")
@@ -567,7 +568,8 @@ def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s:
                        if loop.settings.plans_latency else None),
     }
     write_report(folder, manifest)
-    manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+    bundle = [*folder.glob("*"), *folder.glob(f"{FIGURES}/*")]  # not the staging folder's work files
+    manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(bundle)
                          if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest

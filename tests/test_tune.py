@@ -157,7 +157,7 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
                                                                      shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=20", step=0.5, strategy="knapsack", cost_stride=4, finetune_steps=20)
+                            metric_budget="psnr>=15", step=0.5, strategy="knapsack", cost_stride=4, finetune_steps=20)
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
     manifest = result.manifest
@@ -176,7 +176,7 @@ def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, 
                                                                 shared_profiles: Path) -> None:
     # step 1.0: the first step aims straight at the budget (the ramp's end, where rho would be out of range)
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=20", step=1.0, strategy="gradient", cost_stride=4, finetune_steps=20,
+                            metric_budget="psnr>=15", step=1.0, strategy="gradient", cost_stride=4, finetune_steps=20,
                             epsilon=0.05)
     result = tune(settings, tmp_path / "gradient")
     assert result.status == "met", result.reason
