@@ -384,6 +384,13 @@ class _Loop:
         best = next(s for s in self.steps if s.index == state["best"])
         return model.eval(), plan, state["ratio"], state["step"], set(state["rejected"]), best
 
+    def roll_back(self, record: StepRecord, note: str, t0: float, rejected: set[str]) -> None:
+        """Record ``record`` as rolled back for ``note``; its plan is not proposed again from this model."""
+        record.status, record.note, record.seconds = "rolled-back", note, time.perf_counter() - t0
+        self.steps.append(record)
+        rejected.add(record.plan_digest)
+        self.log(f"step {record.index}: ratio {record.ratio:.3g} rolled back ({note})")
+
     def step(self, model: nn.Module, plan: Plan, ratio: float, step: float, rejected: set[str], best: StepRecord,
              dense: StepRecord) -> tuple[nn.Module, Plan, float, float, StepRecord, Outcome | None]:
         """One proposal: returns the (possibly new) model, plan, ratio, step size and best step, and the outcome
@@ -438,11 +445,7 @@ class _Loop:
                             channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
                             search=choice.summary())
         if not self.metric_budget.holds(value, self.dense_value):
-            record.status, record.note = "rolled-back", f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
-            record.seconds = time.perf_counter() - t0
-            self.steps.append(record)
-            rejected.add(record.plan_digest)
-            self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
+            self.roll_back(record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}", t0, rejected)
             return model, plan, ratio, step / 2, best, None
         _, latency = self.measure(candidate, f"step{record.index}")
         record.latency = latency.to_dict()
@@ -455,13 +458,8 @@ class _Loop:
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
                 # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
                 self.local = local
-                record.status = "rolled-back"
-                record.note = (f"measured {latency.median_ms:.4g} ms, no faster than step {best.index}'s "
-                               f"{best.latency_ms:.4g} ms")
-                record.seconds = time.perf_counter() - t0
-                self.steps.append(record)
-                rejected.add(record.plan_digest)
-                self.log(f"step {record.index}: ratio {trial:.3g} rolled back ({record.note})")
+                self.roll_back(record, f"measured {latency.median_ms:.4g} ms, no faster than step {best.index}'s "
+                                       f"{best.latency_ms:.4g} ms", t0, rejected)
                 return model, plan, trial, step, best, None
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
