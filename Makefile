@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/edgeprune tune --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports && $(BIN)/python -m pytest -q
 
 # every benchmark (bench/*.py but the page), then the comparison page and the README's headline table
 bench: setup

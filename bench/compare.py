@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgeprune.budgets import LatencyBudget, MetricBudget
-from edgeprune.figures import pareto_figure, sweep_figure
-from edgeprune.report import Page, check, fmt, fmt_ms, markdown_table, staging
+from edgeprune.core.budgets import LatencyBudget, MetricBudget
+from edgeprune.report.figures import pareto_figure, sweep_figure
+from edgeprune.report.report import Page, check, fmt, fmt_ms, markdown_table, staging
 
 RESULTS = Path(__file__).parent / "results"
 #: the README's generated block lies between these two lines

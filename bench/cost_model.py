@@ -28,13 +28,13 @@ import pandas as pd
 import torch
 import torch_pruning as tp
 
-from edgeprune.cost import CostModelBuilder, random_counts
-from edgeprune.export import export_onnx, to_numpy
-from edgeprune.profiling import attribute
+from edgeprune.measure.cost import CostModelBuilder, random_counts
+from edgeprune.artifact.export import export_onnx, to_numpy
+from edgeprune.measure.profile import attribute
 from edgeprune.runtimes import get_runtime
-from edgeprune.targets import load_target
-from edgeprune.task import load_task
-from edgeprune.tune import target_inputs
+from edgeprune.core.targets import load_target
+from edgeprune.core.task import load_task
+from edgeprune.loop import target_inputs
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -43,12 +43,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.budgets import LatencyBudget, MetricBudget
-from edgeprune.export import export_onnx, to_numpy
+from edgeprune.core.budgets import LatencyBudget, MetricBudget
+from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.runtimes import get_runtime
-from edgeprune.targets import load_target
-from edgeprune.task import Task, load_task
-from edgeprune.tune import TuneSettings, tune
+from edgeprune.core.targets import load_target
+from edgeprune.core.task import Task, load_task
+from edgeprune.loop import TuneSettings, tune
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"digits-autoencoder": 40, "digits-resnet": 40, "pendulum-agent": 200}

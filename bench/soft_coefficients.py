@@ -1,7 +1,7 @@
 """Soft coefficients vs magnitude: the application metric at equal channel sparsity, and what the search costs.
 
 For each built-in task and sparsity target rho (channel sparsity over the groups the flow policy lets edgeprune
-cut, flow groups protected — see ``edgeprune.coefficients``), four ways to prune the shipped dense model once:
+cut, flow groups protected — see ``edgeprune.planners.coefficients``), four ways to prune the shipped dense model once:
 - ``magnitude``: every group keeps its top-magnitude channels at ratio rho (``prune_uniform``);
 - ``uniform+app``: the same uniform coefficients, channels ranked by application importance (magnitude mixed
   with the loss sensitivity) — a grid of one setting; it separates "which channels" from "how many per group";
@@ -30,10 +30,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from edgeprune.coefficients import GradientSettings, GridSettings, choose
-from edgeprune.graph import ComponentGraph
-from edgeprune.plan import Plan
-from edgeprune.task import Task, load_task
+from edgeprune.planners.coefficients import GradientSettings, GridSettings, choose
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan
+from edgeprune.core.task import Task, load_task
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE_STEPS = 100

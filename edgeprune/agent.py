@@ -1,9 +1,10 @@
 """edgeprune's agent on a device: ``python -m edgeprune.agent COMMAND …``, one JSON object on stdout.
 
-The host drives a device by running this module there over SSH (see :mod:`edgeprune.devices`). On error it exits
-non-zero with one line on stderr. ``facts`` needs only the standard library (and Python ≥ 3.8 syntax), so the host
-can feed this file to a bare ``python3 -`` on a board where edgeprune is not installed; every other command uses
-the installed edgeprune and its runtimes, configured by the target the host sends (with ``device = "local"``).
+The host drives a device by running this module there over SSH (see :mod:`edgeprune.devices.transport`). On error it
+exits non-zero with one line on stderr. It is the top of the stack: nothing in the library imports it, and it imports
+the installed edgeprune lazily, inside its commands: the device's facts from :mod:`edgeprune.devices.probe` (which the
+host can also feed alone to a bare ``python3 -`` on a board where edgeprune is not installed), the runtimes
+configured by the target the host sends (with ``device = "local"``).
 
 Deploying keeps the service's file valid at every instant: the new file is verified, the current one is hard-linked
 to ``NAME.previous``, and the new one is renamed over it (one atomic rename).
@@ -13,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import hashlib
 import json
 import os
-import platform
-import re
 import shutil
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -42,104 +39,12 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-# --- facts: what the device is (absent facts are null, never errors) --------------------------------------------
-
-def _read(path: str) -> str | None:
-    try:
-        text = Path(path).read_text(errors="replace").replace("\x00", "").strip()
-    except OSError:
-        return None
-    return text or None
-
-
-def _command(argv: list[str]) -> str | None:
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def _dist(*names: str) -> str | None:
-    from importlib import metadata
-
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _cpu() -> str:
-    text = _read("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _l4t() -> str | None:
-    """``# R36 (release), REVISION: 3.0, …`` in /etc/nv_tegra_release -> "36.3.0"."""
-    m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", _read("/etc/nv_tegra_release") or "")
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def _dpkg(package: str) -> str | None:
-    return _command(["dpkg-query", "-W", "-f=${Version}", package])
-
-
-def _nvpmodel() -> str | None:
-    """``nvpmodel -q`` prints ``NV Power Mode: MAXN`` then the mode id: -> "MAXN (0)"."""
-    out = _command(["nvpmodel", "-q"])
-    if out is None:
-        return None
-    name = re.search(r"NV Power Mode:\s*(\S+)", out)
-    ids = [line.strip() for line in out.splitlines() if line.strip().isdigit()]
-    return " ".join(p for p in (name.group(1) if name else None, f"({ids[-1]})" if ids else None) if p) or out
-
-
-def _clocks() -> dict[str, Any] | None:
-    """Current and maximum GPU clocks (devfreq, Hz) and current CPU clocks (kHz), where the kernel shows them."""
-    gpu = {}
-    for folder in sorted(glob.glob("/sys/class/devfreq/*")):
-        name = os.path.basename(folder)
-        if any(k in name for k in ("gpu", "ga10b", "gv11b", "gp10b", "gm20b")):
-            gpu[name] = {"cur_hz": _read(f"{folder}/cur_freq"), "max_hz": _read(f"{folder}/max_freq")}
-    cpu = [_read(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq"))]
-    if not gpu and not any(cpu):
-        return None
-    return {"gpu": gpu or None, "cpu_khz": cpu or None}
-
-
-def facts() -> dict[str, Any]:
-    """What this machine is: board model, L4T/JetPack, TensorRT, power mode, clocks, CPU and versions."""
-    return {
-        "hostname": platform.node(),
-        "machine": platform.machine(),
-        "system": platform.platform(),
-        "cpu": _cpu(),
-        "cpu_count": os.cpu_count(),
-        "model": _read("/proc/device-tree/model"),
-        "l4t": _l4t(),
-        "jetpack": _dpkg("nvidia-jetpack"),
-        "tensorrt": _dist("tensorrt", "tensorrt-cu13", "tensorrt-cu12") or _dpkg("tensorrt") or _dpkg("libnvinfer-bin"),
-        "nvpmodel": _nvpmodel(),
-        "clocks": _clocks(),
-        "python": platform.python_version(),
-        "edgeprune": _dist("edgeprune"),
-        "onnxruntime": _dist("onnxruntime", "onnxruntime-gpu"),
-    }
-
-
 # --- commands that use edgeprune's runtimes -----------------------------------------------------------------------
 
 def _runtime(target_json: str) -> Any:
     """The target's runtime on this machine: the host's target, run here (device local)."""
+    from edgeprune.core.targets import Target
     from edgeprune.runtimes import get_runtime
-    from edgeprune.targets import Target
 
     data = json.loads(target_json)
     data.pop("digest", None)
@@ -258,7 +163,7 @@ def install(upload: str, sha256: str, dest: str, name: str, record: str, target:
         if build_engine:
             if target is None:
                 raise AgentError("install --build needs --target")
-            from edgeprune.runtimes.trtexec import facts_path
+            from edgeprune.runtimes.trtexec_formats import facts_path
 
             built = _runtime(target).build(uploaded, staging)
             files = {name: built}
@@ -348,6 +253,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from edgeprune.devices.probe import facts
+
         if args.command == "facts":
             result = facts()
         elif args.command == "versions":

@@ -11,16 +11,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from edgeprune.budgets import BudgetError
-from edgeprune.coefficients import CoefficientError
-from edgeprune.cost import CostModelError
-from edgeprune.devices import DeviceError
-from edgeprune.export import ExportMismatch
-from edgeprune.graph import GraphError
-from edgeprune.plan import PlanError
+from edgeprune.core.budgets import BudgetError
+from edgeprune.planners.coefficients import CoefficientError
+from edgeprune.measure.cost import CostModelError
+from edgeprune.devices.transport import DeviceError
+from edgeprune.artifact.export import ExportMismatch
+from edgeprune.prune.graph import GraphError
+from edgeprune.prune.plan import PlanError
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing
-from edgeprune.targets import TargetError, list_targets
-from edgeprune.task import BUILTIN, TaskError, load_task
+from edgeprune.core.targets import TargetError, list_targets
+from edgeprune.core.task import BUILTIN, TaskError, load_task
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
                   help="Prune trained PyTorch models until a measured latency budget and a metric budget both hold.")
@@ -88,9 +88,9 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
-    from edgeprune.report import comparison_rows
-    from edgeprune.tune import RunFolderError, TuneSettings
-    from edgeprune.tune import tune as run_tune
+    from edgeprune.report.report import comparison_rows
+    from edgeprune.loop import RunFolderError, TuneSettings
+    from edgeprune.loop import tune as run_tune
 
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
@@ -138,8 +138,8 @@ def graph(
     components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
 ) -> None:
     """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
-    from edgeprune.figures import component_graph_figure
-    from edgeprune.graph import ComponentGraph
+    from edgeprune.report.figures import component_graph_figure
+    from edgeprune.prune.graph import ComponentGraph
 
     try:
         t = load_task(task)
@@ -182,10 +182,10 @@ def profile(
                                                           "(default: the target's agent_python, else python3)")] = None,
 ) -> None:
     """Profile TASK's dense model on TARGET: per-component and per-group time; stored and reused by key."""
-    from edgeprune.profiles import ProfileStore, profile_task
+    from edgeprune.measure.store import ProfileStore, profile_task
     from edgeprune.runtimes import get_runtime
-    from edgeprune.targets import load_target
-    from edgeprune.tune import target_inputs
+    from edgeprune.core.targets import load_target
+    from edgeprune.loop import target_inputs
 
     try:
         t, tg = load_task(task), load_target(target).on_device(device, agent_python)
@@ -237,8 +237,8 @@ def report(
         help="profile store searched for a cost model when the run used none; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
 ) -> None:
     """Write RUN_DIR's report: Markdown and a self-contained HTML page with figures (PNGs also in figures/)."""
-    from edgeprune.report import FIGURES, SCREENSHOT, ReportError, load_manifest, write_report
-    from edgeprune.report import screenshot as render
+    from edgeprune.report.report import FIGURES, SCREENSHOT, ReportError, load_manifest, write_report
+    from edgeprune.report.report import screenshot as render
 
     try:
         markdown = write_report(run_dir, load_manifest(run_dir), out, profiles)
@@ -292,9 +292,9 @@ def deploy(
                                                    help="deploy a run whose budgets do not both hold")] = False,
 ) -> None:
     """Install RUN_DIR's model on DEVICE: upload, sha256 check there, atomic swap keeping the previous, smoke run."""
-    from edgeprune.deploy import DeployError
-    from edgeprune.deploy import deploy as run_deploy
-    from edgeprune.deploy import rollback as run_rollback
+    from edgeprune.artifact.deploy import DeployError
+    from edgeprune.artifact.deploy import deploy as run_deploy
+    from edgeprune.artifact.deploy import rollback as run_rollback
 
     def log(message: str) -> None:
         console.log(message, highlight=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.targets import Target, load_target
+from edgeprune.core.targets import Target, load_target
 
 
 class TwoPart(nn.Module):

@@ -1,6 +1,6 @@
 import pytest
 
-from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
+from edgeprune.core.budgets import BudgetError, LatencyBudget, MetricBudget
 
 
 @pytest.mark.parametrize(

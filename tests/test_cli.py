@@ -52,7 +52,7 @@ def test_user_task_file_with_a_broken_factory(tmp_path: Path) -> None:
     (tmp_path / "mine.py").write_text("def make():\n    return 42\n")
     out = tmp_path / "run"
     result = run("tune", "--task", f"{tmp_path / 'mine.py'}:make", "--out", str(out))
-    assert_clean_failure(result, out, "returned int, not edgeprune.task.Task")
+    assert_clean_failure(result, out, "returned int, not edgeprune.core.task.Task")
 
 
 def test_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:

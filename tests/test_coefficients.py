@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.coefficients import (
+from edgeprune.planners.coefficients import (
     ChoiceInfo,
     CoefficientError,
     GradientSettings,
@@ -19,12 +19,12 @@ from edgeprune.coefficients import (
     choose,
     policy_sparsity,
 )
-from edgeprune.cost import CostModel, GroupLUT
-from edgeprune.graph import ComponentGraph
-from edgeprune.knapsack import choose_for_latency
-from edgeprune.masks import channel_masks
-from edgeprune.plan import Plan, keep_count, prune_uniform
-from edgeprune.task import Task, load_task
+from edgeprune.measure.cost import CostModel, GroupLUT
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.planners.knapsack import choose_for_latency
+from edgeprune.prune.masks import channel_masks
+from edgeprune.prune.plan import Plan, keep_count, prune_uniform
+from edgeprune.core.task import Task, load_task
 
 OUT = ("decoder.3",)
 GRANULE = 4  # TwoPart has 144 prunable channels: one granule of 4 moves the sparsity by 0.028 < 2 epsilon

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.graph import ComponentGraph
-from edgeprune.plan import Plan, PlanError, prune_uniform
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan, PlanError, prune_uniform
 
 
 class SkipAutoencoder(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
-from edgeprune.cost import (
+from edgeprune.measure.cost import (
     Calibration,
     CostModel,
     CostModelBuilder,
@@ -25,11 +25,11 @@ from edgeprune.cost import (
     sample_counts,
     with_residuals,
 )
-from edgeprune.graph import ComponentGraph
-from edgeprune.plan import Plan, prune_to_counts
-from edgeprune.profiles import ProfileStore, profile_key, profile_task
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan, prune_to_counts
+from edgeprune.measure.store import ProfileStore, profile_key, profile_task
 from edgeprune.runtimes.onnxruntime import OrtRuntime
-from edgeprune.task import Task
+from edgeprune.core.task import Task
 
 GRAPH_ARGS = {"components": {"encoder": ["encoder"], "decoder": ["decoder"]}, "output_layers": ("decoder.3",)}
 

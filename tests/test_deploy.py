@@ -16,14 +16,14 @@ import torch
 from sshd import Sshd, device_env, sshd  # noqa: F401 - fixtures (a module of its own: two test files use it)
 from typer.testing import CliRunner
 
-from edgeprune import devices
-from edgeprune.agent import sha256_file
+from edgeprune.devices import transport as devices
+from edgeprune.core.hashing import sha256_file
 from edgeprune.cli import app
-from edgeprune.deploy import DeployError, deploy, rollback
-from edgeprune.devices import DeviceError, SshDevice
-from edgeprune.export import export_onnx
-from edgeprune.targets import load_target
-from edgeprune.task import load_task
+from edgeprune.artifact.deploy import DeployError, deploy, rollback
+from edgeprune.devices.transport import DeviceError, SshDevice
+from edgeprune.artifact.export import export_onnx
+from edgeprune.core.targets import load_target
+from edgeprune.core.task import load_task
 
 
 def make_run(folder: Path, seed: int, status: str = "met") -> Path:

@@ -15,16 +15,17 @@ from sshd import Sshd, device_env, sshd  # noqa: F401 - fixtures (a module of it
 from test_trtexec import DOC, ENGINE, FAKE_TRTEXEC, _real, _tiny_onnx
 from typer.testing import CliRunner
 
-from edgeprune import agent
 from edgeprune.cli import app
-from edgeprune.devices import DeviceError, LocalDevice, SshDevice, key_facts, open_device
-from edgeprune.profiles import ProfileStore, profile_task
+from edgeprune.core.targets import Target, TargetError, load_target
+from edgeprune.core.task import load_task
+from edgeprune.devices import probe
+from edgeprune.devices.probe import key_facts
+from edgeprune.devices.transport import DeviceError, LocalDevice, SshDevice, open_device
+from edgeprune.loop import target_inputs
+from edgeprune.measure.store import ProfileStore, profile_task
 from edgeprune.runtimes import get_runtime
 from edgeprune.runtimes.remote import RemoteRuntime
 from edgeprune.runtimes.trtexec import TrtexecRuntime
-from edgeprune.targets import Target, TargetError, load_target
-from edgeprune.task import load_task
-from edgeprune.tune import target_inputs
 
 TINY = {"warmup": 1, "runs": 5, "repeats": 2, "profile_runs": 3}
 
@@ -49,7 +50,7 @@ def test_remote_profile_brings_back_profile_and_device_facts(device_env: Sshd, t
     assert len(frame) > 5 and (frame["time_ms"] > 0).all()
     assert set(frame["component"]) >= {"encoder", "decoder"}  # ORT nodes mapped to modules, as locally
     provenance = json.loads(result.profile_path.with_suffix(".json").read_text())
-    facts = agent.facts()
+    facts = probe.facts()
     assert provenance["device"] == device_env.url()
     assert provenance["device_cpu"] == facts["cpu"] and provenance["device_onnxruntime"] == facts["onnxruntime"]
     assert provenance["device_facts"]["hostname"] == facts["hostname"]
@@ -109,7 +110,7 @@ def test_remote_trtexec_runs_its_command_lines_over_ssh(device_env: Sshd, tmp_pa
     np.testing.assert_array_equal(runtime.run(plan, [np.arange(4, dtype=np.float32).reshape(1, 4)])[0],
                                   [[0, 2, 4, 6]])
     versions = runtime.versions()
-    assert versions["tensorrt"] == "10.3.0" and versions["device_cpu"] == agent.facts()["cpu"]
+    assert versions["tensorrt"] == "10.3.0" and versions["device_cpu"] == probe.facts()["cpu"]
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.graph import ComponentGraph, GraphError
-from edgeprune.importance import component_importance, group_scores
-from edgeprune.plan import Plan, PlanError, keep_count, prune_uniform
+from edgeprune.prune.graph import ComponentGraph, GraphError
+from edgeprune.prune.importance import component_importance, group_scores
+from edgeprune.prune.plan import Plan, PlanError, keep_count, prune_uniform
 
 OUT = ("decoder.3",)
 

@@ -20,10 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
-from edgeprune.cost import CostModel, GroupLUT, sample_counts
-from edgeprune.profiling import load_profile
-from edgeprune.report import SCREENSHOT, ReportError, find_chromium
-from edgeprune.tune import TuneSettings, tune
+from edgeprune.measure.cost import CostModel, GroupLUT, sample_counts
+from edgeprune.measure.profile import load_profile
+from edgeprune.report.report import SCREENSHOT, ReportError, find_chromium
+from edgeprune.loop import TuneSettings, tune
 
 pytestmark = pytest.mark.slow
 

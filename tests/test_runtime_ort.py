@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from edgeprune.export import ExportMismatch, check_export, export_onnx, to_numpy
-from edgeprune.profiling import attribute, load_profile, node_modules, save_profile
+from edgeprune.artifact.export import ExportMismatch, check_export, export_onnx, to_numpy
+from edgeprune.measure.profile import attribute, load_profile, node_modules, save_profile
 from edgeprune.runtimes import get_runtime
 from edgeprune.runtimes.onnxruntime import node_times
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.export import export_pt2, to_numpy
+from edgeprune.artifact.export import export_pt2, to_numpy
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing, get_runtime
 from edgeprune.runtimes.torch_cuda import OUTSIDE, TorchCudaRuntime, WallTimer, load_program, module_times
-from edgeprune.targets import load_target
+from edgeprune.core.targets import load_target
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

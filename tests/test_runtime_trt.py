@@ -15,15 +15,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgeprune.core.targets import Target, load_target
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing, get_runtime
-from edgeprune.runtimes.trtexec import (
+from edgeprune.runtimes.trtexec_formats import (
     OnnxFacts,
     attribute_engine,
     facts_path,
     load_layer_info,
     load_profile_json,
 )
-from edgeprune.targets import Target, load_target
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec" / "resnet18-a100-fp16"
 DOC = Path(__file__).parent / "fixtures" / "trtexec-documented"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.targets import Target, TargetError, list_targets, load_target
+from edgeprune.core.targets import Target, TargetError, list_targets, load_target
 
 
 def test_cpu_target_loads_with_its_settings() -> None:

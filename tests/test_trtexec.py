@@ -14,22 +14,18 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
+from edgeprune.core.targets import Target, load_target
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing, get_runtime, trtexec
-from edgeprune.runtimes.trtexec import (
-    TrtexecRuntime,
+from edgeprune.runtimes.trtexec import TrtexecRuntime, build_command, profile_command, run_command, timing_command
+from edgeprune.runtimes.trtexec_formats import (
     attribute_engine,
-    build_command,
     load_layer_info,
     load_profile_json,
     onnx_nodes_of_layer,
     parse_perf_summary,
-    profile_command,
-    run_command,
     summarize,
-    timing_command,
     trt_version,
 )
-from edgeprune.targets import Target, load_target
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec"
 DOC = Path(__file__).parent / "fixtures" / "trtexec-documented"

@@ -17,8 +17,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.budgets import MetricBudget
-from edgeprune.task import Task, load_task
+from edgeprune.core.budgets import MetricBudget
+from edgeprune.core.task import Task, load_task
 from edgeprune.zoo.pendulum import CHECKPOINT, PendulumAgent, evaluate
 
 COMPONENTS = ["encoder", "dynamics", "reward", "policy", "q1", "q2"]

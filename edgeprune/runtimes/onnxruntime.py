@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import tempfile
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -13,8 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from edgeprune.runtimes import Latency
-from edgeprune.targets import Target
+from edgeprune.core.targets import Target
+from edgeprune.runtimes.base import Latency, TimedSession, timing_loop, wall_clock
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -70,23 +71,15 @@ class OrtRuntime:
         return list(session.run(None, self._feeds(session, inputs)))
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
-        """Median of ``runs`` timed calls in each of ``repeats`` fresh sessions, after ``warmup`` calls each."""
-        medians: list[float] = []
-        samples: list[np.ndarray] = []
-        for _ in range(self.measure.repeats):
-            session = self._session(model)
-            feeds = self._feeds(session, inputs)
-            for _ in range(self.measure.warmup):
-                session.run(None, feeds)
-            times = np.empty(self.measure.runs)
-            for i in range(self.measure.runs):
-                start = time.perf_counter_ns()
-                session.run(None, feeds)
-                times[i] = (time.perf_counter_ns() - start) / 1e6
-            medians.append(float(np.median(times)))
-            samples.append(times)
-        everything = np.concatenate(samples)
-        return Latency(tuple(medians), float(np.percentile(everything, 10)), float(np.percentile(everything, 90)))
+        """Median of ``runs`` timed calls in each of ``repeats`` fresh sessions, after ``warmup`` calls each (host
+        clock: ``run`` returns when the outputs are there)."""
+        return timing_loop(lambda: self._timed_session(model, inputs), self.measure)
+
+    @contextlib.contextmanager
+    def _timed_session(self, model: Path, inputs: Sequence[np.ndarray]) -> Iterator[TimedSession]:
+        session = self._session(model)
+        run = functools.partial(session.run, None, self._feeds(session, inputs))
+        yield TimedSession(call=run, timed_call=wall_clock(run))
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         """Per-node kernel time from ORT's profiler, averaged over the ``profile_runs`` runs after warm-up."""

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from edgeprune.agent import sha256_file
-from edgeprune.devices import Device, key_facts, run_agent, safe_name, workdir
-from edgeprune.runtimes import Latency
+from edgeprune.core.hashing import sha256_file
+from edgeprune.devices.probe import key_facts
+from edgeprune.devices.transport import Device, run_agent, safe_name, workdir
+from edgeprune.runtimes.base import Latency
 
 if TYPE_CHECKING:
-    from edgeprune.targets import Target
+    from edgeprune.core.targets import Target
 
 #: Suffix of the local stand-in for a file built on the device: JSON naming the remote file.
 HANDLE = ".remote.json"
@@ -99,8 +100,7 @@ class RemoteRuntime:
             return [archive[f"output_{i}"] for i in range(len(archive.files))]
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
-        data = self._agent("latency", "--model", self._model(model), inputs=inputs)
-        return Latency(tuple(data["repeats_ms"]), data["p10_ms"], data["p90_ms"])
+        return Latency.from_dict(self._agent("latency", "--model", self._model(model), inputs=inputs))
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         data = self._agent("profile", "--model", self._model(model), inputs=inputs)

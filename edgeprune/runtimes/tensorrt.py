@@ -4,7 +4,7 @@
 imported when the runtime is made, never when edgeprune is imported; a missing one raises :class:`RuntimeMissing`
 naming the extra. pycuda is not used: it does not build without the CUDA headers.
 
-The two majors differ in one place, precision (see :func:`~edgeprune.runtimes.trtexec.precision_flags`): 10.x
+The two majors differ in one place, precision (see :func:`~edgeprune.runtimes.trtexec_formats.precision_flags`): 10.x
 lowers FP32 to FP16/INT8 by ``BuilderFlag``; 11.x removed those flags and is always strongly typed. Everything else
 used here (``create_network``, ``OnnxParser``, memory pools, timing caches, name-based I/O with
 ``execute_async_v3``, ``IProfiler``, the engine inspector) is the same in both.
@@ -25,9 +25,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from edgeprune.runtimes import Latency, RuntimeFailure, RuntimeMissing
-from edgeprune.runtimes.trtexec import OnnxFacts, engine_profile, parse_layer_info, parse_profile, precision_flags
-from edgeprune.targets import Target
+from edgeprune.core.targets import Target
+from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing, TimedSession, timing_loop
+from edgeprune.runtimes.trtexec_formats import (
+    OnnxFacts,
+    engine_profile,
+    parse_layer_info,
+    parse_profile,
+    precision_flags,
+)
 
 EXTRA = "pip install 'edgeprune[tensorrt]'"
 
@@ -297,28 +303,25 @@ class TensorRTRuntime:
         context the median of ``runs`` timed executions after ``warmup``; the median of those over ``repeats``."""
         engine = self._engine(model)
         start, end = self.cuda.call("cudaEventCreate"), self.cuda.call("cudaEventCreate")
-        medians: list[float] = []
-        samples: list[np.ndarray] = []
         try:
-            for _ in range(self.measure.repeats):
-                with self._session(engine, inputs) as session:
-                    for _ in range(self.measure.warmup):
-                        session.execute()
-                    session.sync()
-                    times = np.empty(self.measure.runs)
-                    for i in range(self.measure.runs):
-                        self.cuda.call("cudaEventRecord", start, session.stream)
-                        session.execute()
-                        self.cuda.call("cudaEventRecord", end, session.stream)
-                        self.cuda.call("cudaEventSynchronize", end)
-                        times[i] = self.cuda.call("cudaEventElapsedTime", start, end)
-                medians.append(float(np.median(times)))
-                samples.append(times)
+            return timing_loop(lambda: self._timed_session(engine, inputs, start, end), self.measure)
         finally:
             self.cuda.call("cudaEventDestroy", start)
             self.cuda.call("cudaEventDestroy", end)
-        everything = np.concatenate(samples)
-        return Latency(tuple(medians), float(np.percentile(everything, 10)), float(np.percentile(everything, 90)))
+
+    @contextlib.contextmanager
+    def _timed_session(self, engine: Any, inputs: Sequence[np.ndarray], start: Any, end: Any) -> Iterator[TimedSession]:
+        """A fresh execution context whose timed call is one execution between the events ``start`` and ``end``."""
+        with self._session(engine, inputs) as session:
+
+            def timed_call() -> float:
+                self.cuda.call("cudaEventRecord", start, session.stream)
+                session.execute()
+                self.cuda.call("cudaEventRecord", end, session.stream)
+                self.cuda.call("cudaEventSynchronize", end)
+                return self.cuda.call("cudaEventElapsedTime", start, end)
+
+            yield TimedSession(call=session.execute, timed_call=timed_call, settle=session.sync)
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         """Per engine layer, the mean ``IProfiler`` time over ``profile_runs`` executions after ``warmup``, joined

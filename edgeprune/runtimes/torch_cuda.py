@@ -1,4 +1,4 @@
-"""PyTorch on a CUDA GPU, running a ``torch.export`` program (.pt2, from :func:`edgeprune.export.export_pt2`).
+"""PyTorch on a CUDA GPU, running a ``torch.export`` program (.pt2, from :func:`edgeprune.artifact.export.export_pt2`).
 
 The baseline before TensorRT, and the runtime for models that do not go through ONNX. Per-layer times come from
 the exported program itself: ``torch.export.unflatten`` restores the original module tree, and a pair of timer
@@ -8,19 +8,21 @@ the CPU), so the module mapping is testable without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
-from edgeprune.runtimes import Latency, RuntimeFailure, RuntimeMissing
-from edgeprune.targets import Target
+from edgeprune.core.targets import Target
+from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing, TimedSession, timing_loop
 
 #: The profile row holding forward time spent outside every leaf module (functional ops in a parent's forward).
 OUTSIDE = "(outside leaf modules)"
@@ -80,6 +82,16 @@ def module_classes(program: torch.export.ExportedProgram) -> dict[str, str]:
         for path, qualname in (node.meta.get("nn_module_stack") or {}).values():
             classes.setdefault(path, str(qualname).rsplit(".", 1)[-1])
     return classes
+
+
+def program_outputs(outputs: object) -> list[torch.Tensor]:
+    """A program's outputs as a flat list of tensors in the program's own order: torch.export flattens outputs as a
+    pytree, so its leaves are the export's outputs (the order ``export_onnx`` and ``check_export`` use too)."""
+    leaves = pytree.tree_leaves(outputs)
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"unsupported model output type {type(leaf).__name__}")
+    return leaves
 
 
 def _base(name: str) -> str:
@@ -168,36 +180,35 @@ class TorchCudaRuntime:
         return [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in inputs]
 
     def run(self, model: Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from edgeprune.export import flat_outputs
-
         with torch.inference_mode(), torch.cuda.device(self.device):
             out = self._module(model)(*self._tensors(inputs))
-        return [t.detach().cpu().numpy() for t in flat_outputs(out)]
+        return [t.detach().cpu().numpy() for t in program_outputs(out)]
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
         """Per repetition a fresh load of the program: ``warmup`` forwards, then ``runs`` forwards each timed with
         CUDA events; latency is the median of the repetitions' medians, p10/p90 over every timed forward."""
         tensors = self._tensors(inputs)
         timer = CudaEventTimer(self.device)
-        medians: list[float] = []
-        samples: list[np.ndarray] = []
         with torch.inference_mode(), torch.cuda.device(self.device):
-            for _ in range(self.measure.repeats):
-                module = self._module(model)
-                for _ in range(self.measure.warmup):
-                    module(*tensors)
-                timer.synchronize()
-                times = np.empty(self.measure.runs)
-                for i in range(self.measure.runs):
-                    start = timer.mark()
-                    module(*tensors)
-                    end = timer.mark()
-                    end.synchronize()
-                    times[i] = timer.elapsed_ms(start, end)
-                medians.append(float(np.median(times)))
-                samples.append(times)
-        everything = np.concatenate(samples)
-        return Latency(tuple(medians), float(np.percentile(everything, 10)), float(np.percentile(everything, 90)))
+            return timing_loop(lambda: self._timed_session(model, tensors, timer), self.measure)
+
+    @contextlib.contextmanager
+    def _timed_session(self, model: Path, tensors: Sequence[torch.Tensor],
+                       timer: CudaEventTimer) -> Iterator[TimedSession]:
+        """A fresh load of the program whose timed call is one forward between two CUDA events."""
+        module = self._module(model)
+
+        def call() -> None:
+            module(*tensors)
+
+        def timed_call() -> float:
+            start = timer.mark()
+            module(*tensors)
+            end = timer.mark()
+            end.synchronize()
+            return timer.elapsed_ms(start, end)
+
+        yield TimedSession(call=call, timed_call=timed_call, settle=timer.synchronize)
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         """Per leaf module, CUDA-event time around its forward, averaged over ``profile_runs`` (see :func:`module_times`)."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.task import Task, TaskError
+from edgeprune.core.task import Task, TaskError
 from edgeprune.zoo import CHECKPOINTS, fit
 
 FASHION_ENV = "EDGEPRUNE_FASHION_MNIST"
@@ -298,7 +298,7 @@ def train(variant: Variant, seed: int, out: Path) -> dict[str, object]:
     return summary
 
 
-# -- entry points named in edgeprune.task.BUILTIN and edgeprune.zoo.train.TRAINERS ------------------------------
+# -- entry points named in edgeprune.core.task.BUILTIN and edgeprune.zoo.train.TRAINERS ------------------------------
 def digits_autoencoder() -> Task:
     return make_task(DIGITS)
 

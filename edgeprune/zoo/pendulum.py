@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from edgeprune.task import Task
+from edgeprune.core.task import Task
 from edgeprune.zoo import CHECKPOINTS, single_thread
 
 ENV_ID = "Pendulum-v1"

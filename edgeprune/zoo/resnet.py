@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.task import Task, TaskError
+from edgeprune.core.task import Task, TaskError
 from edgeprune.zoo import CHECKPOINTS, fit, single_thread
 from edgeprune.zoo.autoencoder import SPLIT_SEED, digits_images
 
@@ -241,9 +241,9 @@ class TrainConfig:
 def dense_latency(model: nn.Module) -> dict[str, object]:
     """The dense model's ONNX Runtime latency on the shipped ``cpu`` target with the example inputs (imports the
     export and runtime stack lazily: loading the task should not pull in ONNX Runtime)."""
-    from edgeprune.export import export_onnx, to_numpy
+    from edgeprune.artifact.export import export_onnx, to_numpy
     from edgeprune.runtimes import get_runtime
-    from edgeprune.targets import load_target
+    from edgeprune.core.targets import load_target
 
     inputs = example_inputs()
     runtime = get_runtime(load_target("cpu"))

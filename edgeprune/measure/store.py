@@ -19,14 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgeprune.cost import CostModel, CostModelBuilder
-from edgeprune.export import build_artifact, state_dict_hash, to_numpy
-from edgeprune.graph import ComponentGraph
-from edgeprune.plan import keep_count
-from edgeprune.profiling import attribute, load_profile, save_profile
+from edgeprune.measure.cost import CostModel, CostModelBuilder
+from edgeprune.artifact.export import build_artifact, to_numpy
+from edgeprune.core.hashing import state_dict_hash
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import keep_count
+from edgeprune.measure.profile import attribute, load_profile, save_profile
 from edgeprune.runtimes import Runtime
-from edgeprune.targets import Target
-from edgeprune.task import Task
+from edgeprune.core.targets import Target
+from edgeprune.core.task import Task
+from edgeprune.devices.probe import cpu_model
 
 
 def default_root() -> Path:
@@ -36,14 +38,7 @@ def default_root() -> Path:
 
 def host_facts() -> dict[str, object]:
     """What identifies a local machine's speed: CPU model and core count (a profile from another box is not ours)."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"host_cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    return {"host_cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
 def profile_key(facts: dict[str, object]) -> str:

@@ -97,5 +97,5 @@ def load_task(spec: str) -> Task:
     factory = _import_factory(BUILTIN.get(spec, spec))
     task = factory()
     if not isinstance(task, Task):
-        raise TaskError(f"task factory for {spec!r} returned {type(task).__name__}, not edgeprune.task.Task")
+        raise TaskError(f"task factory for {spec!r} returned {type(task).__name__}, not edgeprune.core.task.Task")
     return task

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgeprune.devices import PYTHON_NAME, SSH_URL
+#: A device URL. User and host start with a word character: ``ssh://-oProxyCommand=…@x`` would otherwise be an ssh
+#: option.
+SSH_URL = re.compile(r"^ssh://(?P<user>\w[\w.-]*)@(?P<host>\w[\w.-]*)(?::(?P<port>\d{1,5}))?\Z")
+#: An agent Python: an absolute path or a bare command name, of characters no shell treats specially.
+PYTHON_NAME = re.compile(r"^(/[\w./+-]+|[\w.+-]+)\Z")
 
 #: Folders searched for ``NAME.toml``, in order: $EDGEPRUNE_TARGETS, ./targets, the repository's targets/.
 TARGET_DIRS: tuple[Path, ...] = tuple(
@@ -22,7 +27,7 @@ TARGET_DIRS: tuple[Path, ...] = tuple(
     for p in (
         Path(os.environ["EDGEPRUNE_TARGETS"]) if os.environ.get("EDGEPRUNE_TARGETS") else None,
         Path("targets"),
-        Path(__file__).resolve().parent.parent / "targets",
+        Path(__file__).resolve().parents[2] / "targets",
     )
     if p is not None
 )

@@ -38,10 +38,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from edgeprune.export import export_onnx, to_numpy
-from edgeprune.graph import ComponentGraph
-from edgeprune.plan import Plan, keep_count, prune_to_counts
-from edgeprune.profiling import ORT_FUSED, component_of, node_modules
+from edgeprune.artifact.export import export_onnx, to_numpy
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan, keep_count, prune_to_counts
+from edgeprune.measure.profile import ORT_FUSED, node_modules
+from edgeprune.prune.graph import component_of
 from edgeprune.runtimes import Runtime
 
 FORMAT = "edgeprune.cost/2"  # /2: residuals from whole-model timings of every cut

@@ -11,6 +11,7 @@ later run would trust.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 import shlex
@@ -22,7 +23,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeprune.agent import sha256_file
+from edgeprune.core.hashing import sha256_file
+from edgeprune.core.targets import PYTHON_NAME, SSH_URL
+from edgeprune.devices import probe
 
 #: An ssh_config file given to every ``ssh`` call with ``-F`` (users normally rely on ``~/.ssh/config``).
 SSH_CONFIG_ENV = "EDGEPRUNE_SSH_CONFIG"
@@ -32,14 +35,6 @@ DEFAULT_WORKDIR = ".cache/edgeprune"
 #: The Python that runs edgeprune's agent on a remote device unless the target's ``agent_python`` says otherwise.
 DEFAULT_PYTHON = "python3"
 CONNECT_TIMEOUT_S = 10
-#: User and host start with a word character: ``ssh://-oProxyCommand=…@x`` would otherwise be an ssh option.
-SSH_URL = re.compile(r"^ssh://(?P<user>\w[\w.-]*)@(?P<host>\w[\w.-]*)(?::(?P<port>\d{1,5}))?\Z")
-#: An agent Python: an absolute path or a bare command name, of characters no shell treats specially.
-PYTHON_NAME = re.compile(r"^(/[\w./+-]+|[\w.+-]+)\Z")
-#: Facts that change a measurement: a profile or engine from a device differing in any of them is not reused.
-#: Clocks are left out (they move from moment to moment); they go to provenance only.
-KEY_FACTS = ("model", "machine", "cpu", "cpu_count", "l4t", "jetpack", "tensorrt", "nvpmodel", "python",
-             "edgeprune", "onnxruntime")
 
 
 class DeviceError(RuntimeError):
@@ -88,18 +83,13 @@ class Device(Protocol):
         ...
 
     def facts(self) -> dict[str, Any]:
-        """Model, L4T/JetPack, TensorRT, power mode, clocks, versions (see :func:`edgeprune.agent.facts`)."""
+        """Model, L4T/JetPack, TensorRT, power mode, clocks, versions (see :func:`edgeprune.devices.probe.facts`)."""
         ...
 
 
 def workdir(device: Device) -> str:
     """edgeprune's folder on ``device``: ``$EDGEPRUNE_DEVICE_WORKDIR``, else ``~/.cache/edgeprune``."""
     return device.path(os.environ.get(WORKDIR_ENV) or DEFAULT_WORKDIR)
-
-
-def key_facts(facts: dict[str, Any]) -> dict[str, str]:
-    """The facts of a device that key profiles and engines, prefixed ``device_`` (absent ones as "none")."""
-    return {f"device_{k}": "none" if facts.get(k) is None else str(facts[k]) for k in KEY_FACTS}
 
 
 class LocalDevice:
@@ -131,9 +121,7 @@ class LocalDevice:
 
     def facts(self) -> dict[str, Any]:
         if self._facts is None:
-            from edgeprune.agent import facts
-
-            self._facts = facts()
+            self._facts = probe.facts()
         return self._facts
 
 
@@ -262,13 +250,12 @@ class SshDevice:
         return remote.removeprefix("~/")
 
     def facts(self) -> dict[str, Any]:
-        """The agent's ``facts`` run from its source fed on stdin: needs only a Python there, not edgeprune."""
+        """:mod:`edgeprune.devices.probe` run from its source fed on stdin: needs only a Python there, not edgeprune."""
         if self._facts is None:
             import json
 
-            from edgeprune import agent
-
-            done = self.run([self.python, "-", "facts"], timeout=120, input=Path(agent.__file__).read_text())
+            source = importlib.resources.files("edgeprune.devices").joinpath("probe.py").read_text()
+            done = self.run([self.python, "-"], timeout=120, input=source)
             if done.returncode != 0:
                 raise DeviceError(command_error(self, [self.python, "facts"], done))
             self._facts = json.loads(done.stdout)

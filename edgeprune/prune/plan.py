@@ -16,8 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from edgeprune.graph import ComponentGraph
-from edgeprune.importance import Combine, FlowPolicy, group_scores
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.importance import Combine, FlowPolicy, group_scores
 
 FORMAT = "edgeprune.plan/1"
 

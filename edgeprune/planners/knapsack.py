@@ -1,7 +1,7 @@
 """Latency knapsack: per-group keep counts that lose the least importance per millisecond the target saves.
 
-Where the soft-coefficient strategies (:mod:`edgeprune.coefficients`) aim at a sparsity, this aims at a latency:
-the cost model (:mod:`edgeprune.cost`), measured on the target, prices every granule block of channels, so time is
+Where the soft-coefficient strategies (:mod:`edgeprune.planners.coefficients`) aim at a sparsity, this aims at a latency:
+the cost model (:mod:`edgeprune.measure.cost`), measured on the target, prices every granule block of channels, so time is
 taken where the target spends it rather than where FLOPs are.
 """
 
@@ -13,11 +13,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from edgeprune.coefficients import ChoiceInfo, CoefficientError, cluster_means, policy_sparsity, ranked_space
-from edgeprune.cost import CostModel, plan_counts
-from edgeprune.importance import Combine, FlowPolicy
-from edgeprune.plan import Plan
-from edgeprune.task import Task
+from edgeprune.planners.coefficients import ChoiceInfo, CoefficientError, cluster_means, policy_sparsity, ranked_space
+from edgeprune.measure.cost import CostModel, plan_counts
+from edgeprune.prune.importance import Combine, FlowPolicy
+from edgeprune.prune.plan import Plan
+from edgeprune.core.task import Task
 
 
 def choose_for_latency(

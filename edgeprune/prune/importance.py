@@ -18,9 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.graph import ComponentGraph, GraphError
-from edgeprune.masks import channel_masks, frozen
-from edgeprune.profiling import component_of
+from edgeprune.prune.graph import ComponentGraph, GraphError, component_of
+from edgeprune.prune.masks import channel_masks, frozen
 
 Combine = Literal["min", "mean"]
 

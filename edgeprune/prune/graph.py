@@ -18,7 +18,16 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.profiling import component_of
+
+
+def component_of(module: str, components: dict[str, list[str]]) -> str:
+    """The component owning a module path: the longest matching prefix, '' when none does."""
+    best, length = "", -1
+    for name, prefixes in components.items():
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = name, len(prefix)
+    return best
 
 
 class GraphError(ValueError):

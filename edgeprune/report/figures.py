@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
-from edgeprune.graph import ComponentGraph
+from edgeprune.prune.graph import ComponentGraph
 
 DENSE, PRUNED, ROLLED_BACK, BUDGET = "#718096", "#2b6cb0", "#c53030", "#c05621"
 DPI = 110

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import edgeprune
-from edgeprune.agent import sha256_file
-from edgeprune.devices import Device, DeviceError, open_device, run_agent, safe_name
+from edgeprune.core.hashing import sha256_file
+from edgeprune.devices.transport import Device, DeviceError, open_device, run_agent, safe_name
 
 MANIFEST = "manifest.json"
 #: Runtimes whose deployed artefact is an engine built on the device from the run's ONNX.
@@ -90,7 +90,7 @@ def _device_target(manifest: dict[str, Any]) -> str:
 def deploy(run_dir: Path, url: str, dest: str | None = None, agent_python: str | None = None, *,
            allow_infeasible: bool = False, log: Callable[[str], None] = lambda _: None) -> DeployResult:
     """Upload, verify, (build,) install and smoke-test RUN_DIR's artefact on the device at ``url``."""
-    from edgeprune.runtimes.trtexec import OnnxFacts
+    from edgeprune.runtimes.trtexec_formats import OnnxFacts
 
     manifest = read_manifest(run_dir)
     if manifest.get("status") != "met" and not allow_infeasible:

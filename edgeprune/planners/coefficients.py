@@ -4,7 +4,7 @@ Every group g gets a coefficient c_g in [0, 1], the fraction of its dense channe
 pruning sets every c_g to the same ratio; here the coefficients are chosen for the task under a sparsity target
 rho ± epsilon:
 
-- ``magnitude``: every c_g = rho, lowest-magnitude channels go (:func:`edgeprune.plan.prune_uniform`);
+- ``magnitude``: every c_g = rho, lowest-magnitude channels go (:func:`edgeprune.prune.plan.prune_uniform`);
 - ``global``: one ranking of granule-sized channel blocks across every group, each score divided by its
   component's mean, least important blocks removed until rho (no metric evaluation; the coefficients follow
   from where each group's importance falls in that ranking);
@@ -20,12 +20,12 @@ rho ± epsilon:
   cut. The end is a hard 0/1 mask at the granule (nudged back inside rho ± epsilon, whole granules at a time, if
   rounding left it), which becomes a Plan through ``ComponentGraph.prune``. No metric evaluation is spent.
   Given a cost model and a latency budget instead, the penalty holds the cost model's *differentiable* latency
-  prediction (:meth:`edgeprune.cost.CostModel.torch_ms`) inside budget · (1 ± epsilon/2), so the coefficients
+  prediction (:meth:`edgeprune.measure.cost.CostModel.torch_ms`) inside budget · (1 ± epsilon/2), so the coefficients
   trade the task's loss against measured per-group cost directly; the hard cut is then shrunk, a granule at a
   time where the prediction saves most, until the staircase prediction is at most budget · (1 + epsilon).
 
 Inside every group, global, grid and gradient remove the channels with the lowest *application importance*: magnitude
-mixed with the measured sensitivity of the task's loss to each channel (:func:`edgeprune.importance.
+mixed with the measured sensitivity of the task's loss to each channel (:func:`edgeprune.prune.importance.
 application_scores`); a task without a loss falls back to magnitude (global, grid) or is refused (gradient).
 
 **Sparsity** is channel sparsity over the groups the flow policy lets edgeprune cut: removed dense channels over
@@ -52,13 +52,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.budgets import MetricBudget
-from edgeprune.cost import CostModel, plan_counts
-from edgeprune.graph import ComponentGraph
-from edgeprune.importance import Combine, FlowPolicy, application_scores, mask_sensitivity
-from edgeprune.masks import channel_masks, frozen
-from edgeprune.plan import Plan, PlanError, keep_count, prune_uniform
-from edgeprune.task import Task
+from edgeprune.core.budgets import MetricBudget
+from edgeprune.measure.cost import CostModel, plan_counts
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.importance import Combine, FlowPolicy, application_scores, mask_sensitivity
+from edgeprune.prune.masks import channel_masks, frozen
+from edgeprune.prune.plan import Plan, PlanError, keep_count, prune_uniform
+from edgeprune.core.task import Task
 
 Strategy = Literal["magnitude", "global", "grid", "gradient"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
@@ -261,7 +261,7 @@ def choose(
     :func:`policy_sparsity`) with per-group coefficients chosen by ``strategy``; return it, the narrowed plan and
     what was decided.
 
-    The contract is :func:`edgeprune.plan.prune_uniform`'s: protected flow groups keep their width; a group
+    The contract is :func:`edgeprune.prune.plan.prune_uniform`'s: protected flow groups keep their width; a group
     never exceeds ``min(max_group_ratio, its components' caps)`` nor grows back; kept counts are multiples of
     ``granule`` (via ``keep_count``). ``magnitude`` *is* ``prune_uniform(ratio=rho)`` and reports its sparsity
     without enforcing the band; grid and gradient guarantee it or raise :class:`CoefficientError`.

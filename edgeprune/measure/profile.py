@@ -14,6 +14,8 @@ from pathlib import Path
 import onnx
 import pandas as pd
 
+from edgeprune.prune.graph import component_of
+
 #: ONNX Runtime names a node it fused from several ("Gemm + Relu") after the first one, with this prefix.
 ORT_FUSED = "fused "
 
@@ -44,16 +46,6 @@ def node_modules(model_path: Path) -> dict[str, str]:
     graph = onnx.load(str(model_path), load_external_data=False).graph
     parameters = frozenset(init.name for init in graph.initializer)
     return {node.name: module_of_node(node, parameters) for node in graph.node}
-
-
-def component_of(module: str, components: dict[str, list[str]]) -> str:
-    """The component owning a module path: the longest matching prefix, '' when none does."""
-    best, length = "", -1
-    for name, prefixes in components.items():
-        for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
-                best, length = name, len(prefix)
-    return best
 
 
 def attribute(

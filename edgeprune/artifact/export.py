@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import warnings
@@ -15,7 +14,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.agent import sha256_file  # noqa: F401  (re-exported: one definition, in the stdlib-only agent)
 from edgeprune.runtimes import Runtime
 
 # torch's ONNX exporter warns on every export that torchvision (absent here) is not installed
@@ -123,13 +121,3 @@ def build_artifact(model: nn.Module, inputs: tuple[torch.Tensor, ...], runtime: 
     built = runtime.build(exported, folder)
     rtol, atol = TOLERANCES[precision]
     return Artifact(exported, built, check_export(model, inputs, built, runtime, rtol=rtol, atol=atol))
-
-
-def state_dict_hash(model: nn.Module) -> str:
-    """A hash of a model's weights (names, shapes, values), independent of how they were serialised."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from edgeprune.budgets import MetricBudget
-from edgeprune.profiling import load_profile
+from edgeprune.core.budgets import MetricBudget
+from edgeprune.measure.profile import load_profile
 
 if TYPE_CHECKING:  # the cost model and figures pull in torch and matplotlib: imported where a report is drawn
-    from edgeprune.cost import CostModel
-    from edgeprune.figures import Staircase
+    from edgeprune.measure.cost import CostModel
+    from edgeprune.report.figures import Staircase
 
 FLOW_POLICIES = {
     "protect": "Flow policy `protect`: they keep their width.",
@@ -307,8 +307,8 @@ def find_cost_model(manifest: dict, store: Path | None = None) -> tuple[CostMode
     dense weights and target settings (``store``, default $EDGEPRUNE_PROFILES or ./profiles), clearly marked as
     not used by the run.
     """
-    from edgeprune.cost import CostModel, CostModelError
-    from edgeprune.profiles import default_root
+    from edgeprune.measure.cost import CostModel, CostModelError
+    from edgeprune.measure.store import default_root
 
     own = manifest.get("cost_model")
     if own:
@@ -340,8 +340,8 @@ def find_cost_model(manifest: dict, store: Path | None = None) -> tuple[CostMode
 
 
 def staircases(cost: CostModel, plan: dict, top: int = STAIRCASE_GROUPS) -> list[Staircase]:
-    """The ``top`` groups whose predicted latency spans most, each as a :class:`~edgeprune.figures.Staircase`."""
-    from edgeprune.figures import Staircase
+    """The ``top`` groups whose predicted latency spans most, each as a :class:`~edgeprune.report.figures.Staircase`."""
+    from edgeprune.report.figures import Staircase
 
     curves = []
     for key, lut in cost.groups.items():
@@ -402,7 +402,7 @@ def _not_pruned(page: Page, graph: dict) -> None:
 
 def build_report(folder: Path, manifest: dict, figures: Path, store: Path | None = None) -> Page:
     """The report of the run in ``folder`` as a :class:`Page`, its figures drawn into ``figures``."""
-    from edgeprune.figures import components_figure, layers_figure, staircase_figure, steps_figure
+    from edgeprune.report.figures import components_figure, layers_figure, staircase_figure, steps_figure
 
     budgets, metric, target = manifest["budgets"], manifest["task"]["metric"], manifest["target"]
     plan = json.loads((folder / "plan.json").read_text())

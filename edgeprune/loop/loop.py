@@ -14,221 +14,51 @@ continues an interrupted run), and moved into place only when complete.
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import hashlib
-import importlib.metadata
 import json
-import math
-import platform
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import onnx
 import torch
 import torch_pruning as tp
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-import edgeprune
-from edgeprune.budgets import BudgetError, LatencyBudget, MetricBudget
-from edgeprune.coefficients import ChoiceInfo, CoefficientError, Strategy, choose
-from edgeprune.cost import CostModel
-from edgeprune.export import Artifact, build_artifact, sha256_file, state_dict_hash, to_numpy
-from edgeprune.graph import ComponentGraph
-from edgeprune.importance import Combine, FlowPolicy
-from edgeprune.knapsack import choose_for_latency
-from edgeprune.plan import Plan
-from edgeprune.profiling import attribute, save_profile
-from edgeprune.runtimes import Latency, Runtime, get_runtime
-from edgeprune.targets import Target, load_target
-from edgeprune.task import Task, load_task
+from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
+from edgeprune.core.budgets import BudgetError, LatencyBudget, MetricBudget
+from edgeprune.core.hashing import state_dict_hash
+from edgeprune.core.manifest import StepRecord
+from edgeprune.core.targets import Target
+from edgeprune.core.task import load_task
+from edgeprune.loop.settings import RunFolderError, TuneSettings, graph_args, target_inputs
+from edgeprune.measure.cost import CostModel
+from edgeprune.planners.coefficients import ChoiceInfo, CoefficientError, choose
+from edgeprune.planners.knapsack import choose_for_latency
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan
+from edgeprune.runtimes import Latency, get_runtime
 
-MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.pt"
 
 
-class RunFolderError(ValueError):
-    """The output folder cannot take this run."""
-
-
-LATENCY_PLANNERS = ("knapsack", "gradient")
-
-
-class TuneSettings(BaseModel):
-    """Everything that defines a run: two runs with equal settings (and target file) are the same run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: str = "digits-autoencoder"
-    target: str = "cpu"
-    latency_budget: str = "0.5x"
-    metric_budget: str | None = Field(None, description="None: the task's default budget")
-    step: float = Field(0.1, gt=0, le=1, description="first increment of the uniform pruning ratio")
-    min_step: float = Field(0.02, gt=0, description="stop when a rolled-back step would go below this increment")
-    max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
-    finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
-    seed: int = 0
-    strategy: Strategy | Literal["knapsack"] = Field(
-        "magnitude", description="how per-group coefficients are chosen at each step: uniform magnitude, one global "
-                                 "ranking, grid search on the metric, gradient descent, or a latency knapsack on the "
-                                 "target's measured cost model")
-    epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
-                                                          "gradient: relative tolerance around its latency target")
-    flow_policy: FlowPolicy = Field(
-        "protect", description="inter-component groups: keep their width, prune on every component's combined "
-                               "importance (joint), or on the producing component's (owner)")
-    flow_combine: Combine = Field("min", description="joint policy: combine components' importance by min or mean")
-    components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
-    component_ratios: dict[str, float] | None = Field(
-        None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
-    component_shares: dict[str, float] | None = Field(
-        None, description="knapsack: component -> largest share of the latency budget its layers may take")
-    cost_stride: int = Field(1, ge=1, description="knapsack/gradient: the cost model measures every STRIDE-th "
-                                                   "granule step")
-
-    @property
-    def plans_latency(self) -> bool:
-        """Whether each step aims at a latency on the target's cost model rather than at a pruning ratio."""
-        return self.strategy in LATENCY_PLANNERS
-
-    @field_validator("component_shares")
-    @classmethod
-    def _shares(cls, shares: dict[str, float] | None) -> dict[str, float] | None:
-        for name, value in (shares or {}).items():
-            if not 0 < value <= 1:
-                raise ValueError(f"component {name!r}: share must be in (0, 1], got {value:g}")
-        return shares
-
-    @model_validator(mode="after")
-    def _shares_need_knapsack(self) -> TuneSettings:
-        if self.component_shares and self.strategy != "knapsack":
-            raise ValueError("component shares of the latency budget need the latency planner: --strategy knapsack")
-        return self
-
-    @field_validator("component_ratios")
-    @classmethod
-    def _ratios(cls, ratios: dict[str, float] | None) -> dict[str, float] | None:
-        for name, value in (ratios or {}).items():
-            if not 0 <= value < 1:
-                raise ValueError(f"component {name!r}: ratio must be in [0, 1), got {value:g}")
-        return ratios
-
-    @field_validator("latency_budget")
-    @classmethod
-    def _latency(cls, text: str) -> str:
-        LatencyBudget.parse(text)
-        return text
-
-    @field_validator("metric_budget")
-    @classmethod
-    def _metric(cls, text: str | None) -> str | None:
-        if text is not None:
-            MetricBudget.parse(text)
-        return text
-
-
-@dataclass
-class StepRecord:
-    """One step of the loop, as it lands in the manifest and the report."""
-
-    index: int
-    ratio: float
-    status: Literal["dense", "accepted", "rolled-back"]
-    metrics: dict[str, float]
-    latency: dict[str, object] | None = None
-    macs: int = 0
-    params: int = 0
-    channel_sparsity: float = 0.0
-    note: str = ""
-    seconds: float = 0.0
-    plan_digest: str = ""
-    search: dict[str, object] = field(default_factory=dict)
-    """How the strategy chose this step's coefficients: sparsity reached, search time, metric evaluations."""
-
-    @property
-    def latency_ms(self) -> float:
-        return float(self.latency["median_ms"]) if self.latency else math.nan
-
-
 @dataclass
 class Outcome:
-    """How the loop ended, with the model and plan it ends on (the last accepted step)."""
+    """How the loop ended, with the model and plan it ends on (the last accepted step), that model's traced graph
+    and its exported, built and measured artefact (what the bundle publishes)."""
 
     status: Literal["met", "infeasible"]
     reason: str
     model: nn.Module
     plan: Plan
+    graph: ComponentGraph
+    artifact: Artifact
     dense: StepRecord
     final: StepRecord
 
 
-@dataclass
-class TuneResult:
-    status: Literal["met", "infeasible"]
-    reason: str
-    out: Path
-    manifest: dict[str, object]
-    steps: list[StepRecord] = field(default_factory=list)
-
-
-def target_inputs(task: Task, target: Target) -> tuple[torch.Tensor, ...]:
-    """The task's example inputs, resized along the batch dimension when the target fixes a batch."""
-    inputs = task.example_inputs()
-    if target.batch is None:
-        return inputs
-    return tuple(t[torch.arange(target.batch) % t.shape[0]] for t in inputs)
-
-
-def graph_args(settings: TuneSettings, task: Task) -> dict[str, object]:
-    """How a run builds its ComponentGraph: the user's components override the task's."""
-    return {"components": settings.components or task.components, "output_layers": task.output_layers}
-
-
-def run_key(settings: TuneSettings, target: Target) -> str:
-    payload = json.dumps({"settings": settings.model_dump(), "target": target.digest()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def versions(runtime: Runtime) -> dict[str, str]:
-    return {
-        "edgeprune": edgeprune.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_pruning": importlib.metadata.version("torch-pruning"),
-        "onnx": onnx.__version__,
-        **runtime.versions(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-    }
-
-
-def existing_run(out: Path, key: str) -> dict[str, object] | None:
-    """The manifest of a finished identical run in ``out``; an error if ``out`` holds anything else."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise RunFolderError(f"output {out} exists and is not a folder")
-    manifest_path = out / MANIFEST
-    if not manifest_path.is_file():
-        if any(out.iterdir()):
-            raise RunFolderError(f"output folder {out} is not empty and holds no edgeprune run; choose another --out")
-        return None
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("run_key") != key:
-        s = manifest.get("settings", {})
-        raise RunFolderError(
-            f"output folder {out} already holds a different run (task {s.get('task')}, target {s.get('target')}, "
-            f"latency {s.get('latency_budget')}, metric {s.get('metric_budget')}); choose another --out or remove it"
-        )
-    return manifest
-
-
-class _Loop:
+class Loop:
     """State of one tune run; ``run`` drives it. Kept as a class so each step's pieces stay small."""
 
     def __init__(self, settings: TuneSettings, target: Target, work: Path, key: str,
@@ -253,7 +83,7 @@ class _Loop:
     def cost_model(self, dense_model: nn.Module) -> CostModel:
         """The target's cost model of the dense model: from profiles/ when one with this key is stored, else
         measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
-        from edgeprune.profiles import ProfileStore, profile_task
+        from edgeprune.measure.store import ProfileStore, profile_task
 
         self.log("cost model: reusing the stored one or measuring it (one profile per group and keep count)")
         result = profile_task(self.task, self.target, self.runtime, self.inputs, self.graph_args, ProfileStore(),
@@ -306,7 +136,7 @@ class _Loop:
             dense = self.steps[0]
             self.log(f"resuming after step {self.steps[-1].index} (ratio {ratio:.3g})")
         if dense.latency_ms <= self.budget_ms:
-            return Outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
+            return self._outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
         outcome = None
         while outcome is None:
             model, plan, ratio, step, best, outcome = self.step(model, plan, ratio, step, rejected, best, dense)
@@ -330,8 +160,9 @@ class _Loop:
         self.log(f"dense {self.metric_budget.metric}={self.dense_value:.4g}; measuring dense latency")
         self.dense_artifact, dense_latency = self.measure(dense_model, "dense")
         macs, params = self.count(dense_model)
-        dense = StepRecord(0, 0.0, "dense", dense_metrics, dense_latency.to_dict(), macs, params, 0.0, "",
-                           time.perf_counter() - start, plan.digest())
+        dense = StepRecord(index=0, ratio=0.0, status="dense", metrics=dense_metrics, latency=dense_latency.to_dict(),
+                           macs=macs, params=params, seconds=time.perf_counter() - start, plan_digest=plan.digest())
+        self.best_artifact = self.dense_artifact
         self.steps.append(dense)
         self.budget_ms = self.latency_budget.threshold_ms(dense_latency.median_ms)
         self.dense_ms = dense_latency.median_ms
@@ -349,7 +180,7 @@ class _Loop:
         torch.save(model.state_dict(), folder / ".checkpoint.pt.tmp")
         state = {
             "run_key": self.key, "ratio": ratio, "step": step, "rejected": sorted(rejected), "best": best.index,
-            "steps": [asdict(s) for s in self.steps], "plan": plan.model_dump(mode="json"),
+            "steps": [s.model_dump() for s in self.steps], "plan": plan.model_dump(mode="json"),
             "dense_value": self.dense_value, "dense_hash": self.dense_hash, "dense_ms": self.dense_ms,
             "budget_ms": self.budget_ms, "metric_threshold": self.metric_threshold,
             "dense_artifact": [str(self.dense_artifact.exported), str(self.dense_artifact.built),
@@ -369,7 +200,7 @@ class _Loop:
         state = json.loads(path.read_text())
         if state["run_key"] != self.key:
             raise RunFolderError(f"{path.parent} holds an interrupted run of other settings; remove it to start over")
-        self.steps = [StepRecord(**s) for s in state["steps"]]
+        self.steps = [StepRecord.model_validate(s) for s in state["steps"]]
         self.dense_value, self.dense_hash, self.dense_ms = state["dense_value"], state["dense_hash"], state["dense_ms"]
         self.budget_ms, self.metric_threshold = state["budget_ms"], state["metric_threshold"]
         exported, built, error = state["dense_artifact"]
@@ -383,6 +214,11 @@ class _Loop:
         model.load_state_dict(torch.load(self.work.parent / CHECKPOINT_WEIGHTS, weights_only=True))
         best = next(s for s in self.steps if s.index == state["best"])
         return model.eval(), plan, state["ratio"], state["step"], set(state["rejected"]), best
+
+    def _outcome(self, status: Literal["met", "infeasible"], reason: str, model: nn.Module, plan: Plan,
+                 dense: StepRecord, final: StepRecord) -> Outcome:
+        graph = ComponentGraph(copy.deepcopy(model), self.inputs, **self.graph_args)
+        return Outcome(status, reason, model, plan, graph, self.best_artifact, dense, final)
 
     def roll_back(self, record: StepRecord, note: str, t0: float, rejected: set[str]) -> None:
         """Record ``record`` as rolled back for ``note``; its plan is not proposed again from this model."""
@@ -399,12 +235,12 @@ class _Loop:
         if ratio >= self.settings.max_ratio - 1e-9 and not planned:  # a latency planner's ratio only ramps its target
             reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
                       f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
-            return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+            return model, plan, ratio, step, best, self._outcome("infeasible", reason, model, plan, dense, best)
         metric_wall = (f"the metric budget breaks before the latency budget holds: the best plan measures "
                        f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
                        f"{best.metrics[self.metric_budget.metric]:.4g}")
         if step < self.settings.min_step:
-            return model, plan, ratio, step, best, Outcome("infeasible", metric_wall, model, plan, dense, best)
+            return model, plan, ratio, step, best, self._outcome("infeasible", metric_wall, model, plan, dense, best)
         # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
         # the dense latency it aims to remove, ramped until its target is the budget itself
         trial = min(1.0 if planned else self.settings.max_ratio, ratio + step)
@@ -413,8 +249,8 @@ class _Loop:
             candidate, candidate_plan, choice = self.propose(model, plan, trial)
         except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
             if planned:  # bounds, not step size, keep the budget out of reach
-                return model, plan, ratio, step, best, Outcome("infeasible", str(exc), model, plan, dense, best)
-            self.steps.append(StepRecord(len(self.steps), trial, "rolled-back", {}, note=str(exc),
+                return model, plan, ratio, step, best, self._outcome("infeasible", str(exc), model, plan, dense, best)
+            self.steps.append(StepRecord(index=len(self.steps), ratio=trial, status="rolled-back", metrics={}, note=str(exc),
                                          seconds=time.perf_counter() - t0))
             self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
             return model, plan, ratio, step / 2, best, None
@@ -427,13 +263,13 @@ class _Loop:
                 reason = (f"the cost model (corrected ×{self.local:.3f} by the last measurement) finds no further cut "
                           f"that saves time within the groups' bounds; the best plan measures {best.latency_ms:.4g} ms "
                           f"> {self.budget_ms:.4g} ms{hint}")
-                return model, plan, ratio, step, best, Outcome("infeasible", reason, model, plan, dense, best)
+                return model, plan, ratio, step, best, self._outcome("infeasible", reason, model, plan, dense, best)
             return model, plan, trial, step, best, None
         if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
             if planned and self.dense_ms * (1.0 - ratio) <= self.budget_ms:
                 # the model already came from a step aimed at the budget itself: every smaller step aims there
                 # again and plans the same (deterministic) cut
-                return model, plan, ratio, step, best, Outcome("infeasible", metric_wall, model, plan, dense, best)
+                return model, plan, ratio, step, best, self._outcome("infeasible", metric_wall, model, plan, dense, best)
             return model, plan, ratio, step / 2, best, None
         if self.settings.finetune_steps:
             torch.manual_seed(self.settings.seed)
@@ -441,13 +277,13 @@ class _Loop:
             candidate.eval()
         metrics = self.evaluate(candidate)
         value = metrics[self.metric_budget.metric]
-        record = StepRecord(len(self.steps), trial, "accepted", metrics,
+        record = StepRecord(index=len(self.steps), ratio=trial, status="accepted", metrics=metrics,
                             channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
                             search=choice.summary())
         if not self.metric_budget.holds(value, self.dense_value):
             self.roll_back(record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}", t0, rejected)
             return model, plan, ratio, step / 2, best, None
-        _, latency = self.measure(candidate, f"step{record.index}")
+        artifact, latency = self.measure(candidate, f"step{record.index}")
         record.latency = latency.to_dict()
         if planned:
             local = self.local
@@ -466,120 +302,10 @@ class _Loop:
         self.steps.append(record)
         self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
                  f"{latency.median_ms:.4g} ms")
+        self.best_artifact = artifact
         rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
-        done = Outcome("met", "both budgets hold", candidate, candidate_plan, dense, record) \
+        done = self._outcome("met", "both budgets hold", candidate, candidate_plan, dense, record) \
             if latency.median_ms <= self.budget_ms else None
         return candidate, candidate_plan, trial, step, record, done
 
 
-def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None,
-         resume: bool = False) -> TuneResult:
-    """Run the loop for ``settings`` and publish the bundle to ``out`` (atomically).
-
-    An identical finished run already in ``out`` is returned as it is; a different one is an error. The run is
-    staged in a hidden sibling folder with a checkpoint after every step; if it is interrupted the folder stays,
-    and ``resume=True`` continues from the last step (without it, an interrupted run of the same settings is an
-    error rather than silently thrown away).
-    """
-    target = load_target(settings.target)
-    key = run_key(settings, target)
-    previous = existing_run(out, key)
-    if previous is not None:
-        log(f"{out} already holds this run; nothing to do")
-        return TuneResult(previous["status"], previous["reason"], out, previous)  # type: ignore[arg-type]
-    staging = out.parent / f".{out.name}.partial"
-    interrupted = staging / CHECKPOINT
-    if interrupted.is_file() and json.loads(interrupted.read_text()).get("run_key") == key:
-        if not resume:
-            raise RunFolderError(f"an interrupted run of these settings is in {staging}: add --resume to continue "
-                                 f"it, or remove that folder to start over")
-    else:
-        if resume:
-            log(f"nothing to resume in {staging}; starting a new run")
-        shutil.rmtree(staging, ignore_errors=True)
-    (staging / "work").mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    try:
-        loop = _Loop(settings, target, staging / "work", key, log)
-        outcome = loop.run(resume=resume)
-        manifest = _write_bundle(loop, staging, key, outcome, time.perf_counter() - started)
-        shutil.rmtree(staging / "work")
-        for name in (CHECKPOINT, CHECKPOINT_WEIGHTS):
-            (staging / name).unlink()
-        if out.exists():
-            out.rmdir()  # existing_run allowed only an empty folder
-        staging.rename(out)
-    except BaseException:
-        if not (staging / CHECKPOINT).is_file():  # nothing worth resuming: leave nothing behind
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return TuneResult(outcome.status, outcome.reason, out, manifest, loop.steps)
-
-
-def _write_bundle(loop: _Loop, folder: Path, key: str, outcome: Outcome, wall_s: float) -> dict[str, object]:
-    """Plan, weights, ONNX, profiles, steps, manifest and report of a finished loop, written into ``folder``."""
-    from edgeprune.report import FIGURES, write_report
-
-    model, plan, final = outcome.model, outcome.plan, outcome.final
-    loop.log("writing the bundle: ONNX export, profiles, report")
-    plan.save(folder / "plan.json")
-    torch.save(model.state_dict(), folder / "weights.pt")
-    artifact = build_artifact(model, loop.inputs, loop.runtime, folder, "model", loop.target.precision)
-    graph = ComponentGraph(copy.deepcopy(model), loop.inputs, **loop.graph_args)
-    components = graph.components
-    provenance = {"target": loop.target.name, "runtime": loop.runtime.name, **loop.runtime.versions(),
-                  "device": loop.target.device, "precision": loop.target.precision, "task": loop.task.name,
-                  "input_shapes": [list(t.shape) for t in loop.inputs]}
-    for name, built, weights in (("profile-dense", loop.dense_artifact, loop.dense_hash),
-                                 ("profile", artifact, state_dict_hash(model))):
-        frame = loop.runtime.profile(built.built, to_numpy(loop.inputs))
-        onnx_path = built.exported if loop.runtime.source == "onnx" else None
-        save_profile(attribute(frame, onnx_path, components, {**provenance, "model_hash": weights}),
-                     folder / f"{name}.csv")
-    metric = loop.metric_budget.metric
-    pruned_value = final.metrics[metric]
-    manifest: dict[str, object] = {
-        "format": "edgeprune.manifest/1",
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "run_key": key,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_s": round(wall_s, 2),
-        "settings": loop.settings.model_dump(),
-        "task": {"name": loop.task.name, "spec": loop.settings.task, "metric": metric,
-                 "dense_weights_sha256": loop.dense_hash},
-        "target": {**loop.target.model_dump(), "digest": loop.target.digest()},
-        "versions": versions(loop.runtime),
-        "budgets": {
-            "latency": {"expression": str(loop.latency_budget), "threshold_ms": loop.budget_ms,
-                        "holds": final.latency_ms <= loop.budget_ms},
-            "metric": {"expression": str(loop.metric_budget), "threshold": loop.metric_threshold,
-                       "holds": loop.metric_budget.holds(pruned_value, loop.dense_value)},
-        },
-        "dense": asdict(outcome.dense),
-        "pruned": {**asdict(final), "max_abs_error": artifact.max_abs_error,
-                   "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
-        "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},
-        "steps": [asdict(s) for s in loop.steps],
-        "measurements": sum(1 for s in loop.steps if s.latency is not None),
-        "cost_model": ({"path": str(loop.cost_path), "calibration": loop.cost.calibration.model_dump(mode="json")}
-                       if loop.settings.plans_latency else None),
-    }
-    write_report(folder, manifest)
-    bundle = [*folder.glob("*"), *folder.glob(f"{FIGURES}/*")]  # not the staging folder's work files
-    manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(bundle)
-                         if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return manifest
-
-
-def load_pruned(run_dir: Path) -> tuple[Task, nn.Module]:
-    """Rebuild a run's pruned model: dense task model, plan replayed, weights loaded (no pickled modules)."""
-    manifest = json.loads((run_dir / MANIFEST).read_text())
-    task = load_task(manifest["settings"]["task"])
-    target = Target.model_validate({k: v for k, v in manifest["target"].items() if k != "digest"})
-    model = task.build()
-    settings = TuneSettings.model_validate(manifest["settings"])
-    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), **graph_args(settings, task))
-    model.load_state_dict(torch.load(run_dir / "weights.pt", weights_only=True))
-    return task, model.eval()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from edgeprune.graph import ComponentGraph, GraphError
+from edgeprune.prune.graph import ComponentGraph, GraphError
 
 CHANNELS_FIRST = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm,
                   nn.modules.instancenorm._InstanceNorm)

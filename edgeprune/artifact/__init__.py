@@ -1,0 +1,1 @@
+"""Artifact: export with a numerical check, and deployment onto a device."""

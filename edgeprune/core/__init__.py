@@ -1,0 +1,1 @@
+"""Core: the task, budgets, targets, the run's manifest and file hashing — what every stage shares."""

@@ -1,0 +1,1 @@
+"""Measure: profiles attributed to modules, the profile store, and the cost model."""

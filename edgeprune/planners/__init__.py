@@ -1,0 +1,1 @@
+"""Planners: given a step's context and target, propose which channels go."""

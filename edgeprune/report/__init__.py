@@ -1,0 +1,1 @@
+"""Report: Markdown and HTML reports of runs and benchmarks, and their figures."""

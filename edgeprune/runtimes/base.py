@@ -1,0 +1,145 @@
+"""What every runtime shares: the :class:`Runtime` protocol, :class:`Latency`, the two errors, and the one timing
+loop (warm-up, timed runs, repeated in fresh sessions).
+
+A runtime only says how to open a fresh session of a model and how to time one call in it (a host clock for ORT,
+CUDA events for TensorRT and torch-CUDA); :func:`timing_loop` owns the rest, so every runtime's latency means the
+same statistic.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from edgeprune.core.targets import MeasureSettings
+
+
+class RuntimeMissing(RuntimeError):
+    """An optional dependency of a runtime (a package, an executable, a CUDA device) is not there."""
+
+
+class RuntimeFailure(RuntimeError):
+    """A runtime was there but could not build or run the model; the message is one line saying why."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """End-to-end latency of one model: per repetition (fresh session) the median of its timed runs."""
+
+    repeats_ms: tuple[float, ...]
+    p10_ms: float
+    p90_ms: float
+
+    @property
+    def median_ms(self) -> float:
+        """The median of the repetitions' medians: robust to the occasional slow repetition."""
+        return statistics.median(self.repeats_ms)
+
+    @property
+    def spread(self) -> float:
+        """(slowest − fastest repetition) / median: how repeatable this measurement was."""
+        return (max(self.repeats_ms) - min(self.repeats_ms)) / self.median_ms
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "median_ms": self.median_ms,
+            "spread": self.spread,
+            "p10_ms": self.p10_ms,
+            "p90_ms": self.p90_ms,
+            "repeats_ms": list(self.repeats_ms),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Latency:
+        """The inverse of :meth:`to_dict` (derived fields are recomputed): a latency that travelled as JSON."""
+        return cls(tuple(data["repeats_ms"]), data["p10_ms"], data["p90_ms"])
+
+
+class Runtime(Protocol):
+    """What every runtime offers: build, run, end-to-end latency, per-layer profile, and its own versions.
+
+    A runtime starts from an exported model of its ``source`` format ("onnx": ``export_onnx``; "pt2":
+    ``export_pt2``), turns it into what it executes with ``build`` (the ONNX itself, a TensorRT plan, the .pt2),
+    and ``run``/``latency``/``profile`` take that built artefact.
+    """
+
+    name: str
+    source: Literal["onnx", "pt2"]
+
+    def versions(self) -> dict[str, str]: ...
+
+    def build(self, exported: Path, folder: Path) -> Path:
+        """The artefact this runtime executes, made from ``exported``; build products go to ``folder``."""
+        ...
+
+    def run(self, model: Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+    def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency: ...
+
+    def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
+        """One row per runtime layer/node: ``layer``, ``op_type``, ``time_ms`` (mean per inference).
+
+        Engine runtimes add ``onnx_nodes`` (list of the ONNX nodes a layer covers) and keep time that maps to no
+        node as rows of their own, totalled in ``attrs["unattributed_ms"]``.
+        """
+        ...
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class TimedSession:
+    """One fresh session of a model on fixed inputs (an ORT session, a TensorRT execution context, a loaded program),
+    as :func:`timing_loop` drives it; the runtime that opened it says how one call is made and timed."""
+
+    #: One inference, untimed (warm-up); it may return before the device has finished it.
+    call: Callable[[], object]
+    #: One inference and its time in ms, by the runtime's own clock.
+    timed_call: Callable[[], float]
+    #: Waits until the warm-up inferences have finished (a stream synchronisation); nothing for a synchronous call.
+    settle: Callable[[], object] = _nothing
+
+
+def wall_clock(call: Callable[[], object]) -> Callable[[], float]:
+    """``call`` timed by the host's monotonic clock, in ms: right where a call returns once its work is done."""
+
+    def timed() -> float:
+        start = time.perf_counter_ns()
+        call()
+        return (time.perf_counter_ns() - start) / 1e6
+
+    return timed
+
+
+def timing_loop(fresh: Callable[[], AbstractContextManager[TimedSession]], measure: MeasureSettings) -> Latency:
+    """Latency as every runtime reports it: in each of ``repeats`` fresh sessions, ``warmup`` untimed calls, then the
+    median of ``runs`` timed calls; p10/p90 over every timed call of every repetition.
+
+    Fresh sessions make the repetitions independent (allocation, caches, tactic state), so their spread says how
+    repeatable the number is; ``fresh`` opens one and closes it when its repetition ends.
+    """
+    medians: list[float] = []
+    samples: list[np.ndarray] = []
+    for _ in range(measure.repeats):
+        with fresh() as session:
+            for _ in range(measure.warmup):
+                session.call()
+            session.settle()
+            times = np.empty(measure.runs)
+            for i in range(measure.runs):
+                times[i] = session.timed_call()
+        medians.append(float(np.median(times)))
+        samples.append(times)
+    everything = np.concatenate(samples)
+    return Latency(tuple(medians), float(np.percentile(everything, 10)), float(np.percentile(everything, 90)))
