@@ -27,11 +27,11 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeprune.artifact.export import export_onnx, flat_outputs, to_numpy
+from edgeprune.core.targets import load_target
+from edgeprune.core.task import Task, load_task
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_uniform
 from edgeprune.runtimes import Runtime, get_runtime
-from edgeprune.core.targets import load_target
-from edgeprune.core.task import Task, load_task
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"pendulum-agent": 200, "digits-autoencoder": 40}

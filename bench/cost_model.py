@@ -28,13 +28,14 @@ import pandas as pd
 import torch
 import torch_pruning as tp
 
-from edgeprune.measure.cost import CostModelBuilder, random_counts
 from edgeprune.artifact.export import export_onnx, to_numpy
-from edgeprune.measure.profile import attribute
-from edgeprune.runtimes import get_runtime
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import load_task
 from edgeprune.loop import target_inputs
+from edgeprune.measure.cost import CostModelBuilder, random_counts
+from edgeprune.measure.profile import attribute
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,8 +51,8 @@ def bench_task(name: str, target_name: str, variants: int, stride: int, work: Pa
     graph_args = {"components": task.components, "output_layers": task.output_layers}
     dense = task.build()
     started = time.perf_counter()
-    builder = CostModelBuilder(name, dense, inputs, runtime, target.granule, work / name / "cost", graph_args,
-                               log=lambda m: print(f"  {name}: {m}", flush=True))
+    builder = CostModelBuilder(name, ComponentGraph(dense, inputs, **graph_args), inputs, runtime, target.granule,
+                               work / name / "cost", log=lambda m: print(f"  {name}: {m}", flush=True))
     cost = builder.build(stride=stride, seed=seed)
     build_s = time.perf_counter() - started
     dense_macs, _ = tp.utils.count_ops_and_params(copy.deepcopy(dense), inputs)

@@ -43,12 +43,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.artifact.export import export_onnx, to_numpy
-from edgeprune.runtimes import get_runtime
+from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
+from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"digits-autoencoder": 40, "digits-resnet": 40, "pendulum-agent": 200}
@@ -116,12 +116,12 @@ def edgeprune_run(task: Task, method: str, budget: str, work: Path) -> dict[str,
                             components=components, step=0.5,
                             flow_policy="protect" if components else FLOW_POLICY.get(task.name, "protect"))
     result = tune(settings, work / f"{task.name}-{method}-{budget}")
-    pruned = result.manifest["pruned"]
-    budgets = result.manifest["budgets"]
-    return {"ratio": None, "metric": pruned["metrics"][task.metric], "latency_ms": pruned["latency"]["median_ms"],
-            "macs": pruned["macs"], "metric_holds": budgets["metric"]["holds"], "run_status": result.status,
-            "run_dense_ms": result.manifest["dense"]["latency"]["median_ms"],
-            "measurements": result.manifest["measurements"], "wall_s": result.manifest["wall_s"]}
+    manifest = result.manifest
+    pruned = manifest.pruned
+    return {"ratio": None, "metric": pruned.metrics[task.metric], "latency_ms": pruned.latency_ms,
+            "macs": pruned.macs, "metric_holds": manifest.budgets.metric.holds, "run_status": result.status,
+            "run_dense_ms": manifest.dense.latency_ms, "measurements": manifest.measurements,
+            "wall_s": manifest.wall_s}
 
 
 def main() -> None:

@@ -30,10 +30,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from edgeprune.planners.coefficients import GradientSettings, GridSettings, choose
-from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.plan import Plan
 from edgeprune.core.task import Task, load_task
+from edgeprune.planners import GradientSettings, GridSettings, SparsityTarget, StepContext, get_planner
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.importance import ApplicationImportance
+from edgeprune.prune.plan import Plan
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE_STEPS = 100
@@ -55,14 +56,14 @@ def warm_up(task: Task) -> None:
 
 
 def run_one(task: Task, dense: nn.Module, plan: Plan, rho: float, method: str, dense_params: int) -> dict[str, object]:
-    args = {"components": task.components, "output_layers": task.output_layers}
     strategy = {"uniform+app": "grid"}.get(method, method)
     grid = (GridSettings(offsets=(0.0,), max_evals=1) if method == "uniform+app"
             else GridSettings(max_evals=GRID_EVALS.get(task.name, 25)))
     start = time.perf_counter()
-    pruned, new_plan, info = choose(strategy, task, dense, plan, rho, inputs=task.example_inputs(),  # type: ignore[arg-type]
-                                    granule=GRANULE, epsilon=EPSILON, seed=0, grid=grid,
-                                    gradient=GradientSettings(), **args)
+    context = StepContext.trace(task, dense, plan, task.example_inputs(), granule=GRANULE,
+                                importance=ApplicationImportance(task.name, task.loss, task.batches))
+    info = get_planner(strategy, grid=grid, gradient=GradientSettings()).propose(context, SparsityTarget(rho, EPSILON))
+    pruned, new_plan = info.model, info.plan
     search_s = time.perf_counter() - start
     # grid's chosen setting was already scored by the same deterministic evaluate: reuse it
     oneshot = info.best_metric if info.best_metric is not None else task.evaluate(pruned)[task.metric]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -23,20 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edgeprune.core.hashing import sha256_file
+
 RECORD = "deployed.json"
 
 
 class AgentError(RuntimeError):
     """A command cannot do what it was asked; the message is the one line the host shows."""
-
-
-def sha256_file(path: Path | str) -> str:
-    """Streamed sha256 of a file (standard library only: it runs on boards without edgeprune's dependencies)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- commands that use edgeprune's runtimes -----------------------------------------------------------------------

@@ -11,16 +11,17 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from edgeprune.core.budgets import BudgetError
-from edgeprune.planners.coefficients import CoefficientError
-from edgeprune.measure.cost import CostModelError
-from edgeprune.devices.transport import DeviceError
 from edgeprune.artifact.export import ExportMismatch
-from edgeprune.prune.graph import GraphError
-from edgeprune.prune.plan import PlanError
-from edgeprune.runtimes import RuntimeFailure, RuntimeMissing
+from edgeprune.core.budgets import BudgetError
 from edgeprune.core.targets import TargetError, list_targets
 from edgeprune.core.task import BUILTIN, TaskError, load_task
+from edgeprune.devices.transport import DeviceError
+from edgeprune.measure.cost import CostModelError
+from edgeprune.planners import PLANNERS, PlannerError
+from edgeprune.prune.graph import GraphError
+from edgeprune.prune.importance import FLOW_POLICIES
+from edgeprune.prune.plan import PlanError
+from edgeprune.runtimes import RuntimeFailure, RuntimeMissing
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False,
                   help="Prune trained PyTorch models until a measured latency budget and a metric budget both hold.")
@@ -29,7 +30,7 @@ errors = Console(stderr=True)
 
 #: Errors that are the user's input, not a bug: one line, exit code 2.
 USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing,
-               RuntimeFailure, CostModelError, CoefficientError, DeviceError)
+               RuntimeFailure, CostModelError, PlannerError, DeviceError)
 INFEASIBLE_EXIT = 3
 
 
@@ -72,11 +73,10 @@ def tune(
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
     strategy: Annotated[str, typer.Option(
-        help="per-group coefficients: magnitude (uniform), global (one ranking, normalised per component), "
-             "grid (search on the metric), gradient (soft masks against the cost model's differentiable latency) or "
-             "knapsack (measured per-group latency)")] = "magnitude",
+        help="the planner choosing each step's channels: "
+             + "; ".join(f"{name} ({planner.summary})" for name, planner in PLANNERS.items()))] = "magnitude",
     epsilon: Annotated[float, typer.Option(help="grid: sparsity tolerance around each step's ratio; gradient: relative latency tolerance")] = 0.02,
-    flow_policy: Annotated[str, typer.Option(help="inter-component groups: protect, joint or owner")] = "protect",
+    flow_policy: Annotated[str, typer.Option(help=f"inter-component groups: {', '.join(FLOW_POLICIES)}")] = "protect",
     flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
     components: Annotated[list[str] | None, typer.Option(
         help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
@@ -88,9 +88,9 @@ def tune(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
-    from edgeprune.report.report import comparison_rows
     from edgeprune.loop import RunFolderError, TuneSettings
     from edgeprune.loop import tune as run_tune
+    from edgeprune.report.report import comparison_rows
 
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
@@ -118,7 +118,7 @@ def tune(
     except (*USER_ERRORS, RunFolderError) as exc:
         fail(str(exc))
     manifest = result.manifest
-    table = Table(title=f"{manifest['task']['name']} on {manifest['target']['name']}: {result.status}")
+    table = Table(title=f"{manifest.task.name} on {manifest.target.name}: {result.status}")
     table.add_column("")
     table.add_column("dense", justify="right")
     table.add_column("pruned", justify="right")
@@ -134,17 +134,17 @@ def tune(
 def graph(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
     picture: Annotated[Path | None, typer.Option(help="write the component graph here (PNG)")] = None,
-    flow_policy: Annotated[str, typer.Option(help="policy shown for flow groups: protect, joint or owner")] = "protect",
+    flow_policy: Annotated[str, typer.Option(help=f"policy shown for flow groups: {', '.join(FLOW_POLICIES)}")] = "protect",
     components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
 ) -> None:
     """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
-    from edgeprune.report.figures import component_graph_figure
     from edgeprune.prune.graph import ComponentGraph
+    from edgeprune.report.figures import component_graph_figure
 
     try:
         t = load_task(task)
-        if flow_policy not in ("protect", "joint", "owner"):
-            raise GraphError(f"--flow-policy {flow_policy!r}: choose protect, joint or owner")
+        if flow_policy not in FLOW_POLICIES:
+            raise GraphError(f"--flow-policy {flow_policy!r}: choose {', '.join(FLOW_POLICIES)}")
         g = ComponentGraph(t.build(), t.example_inputs(), parse_components(components) if components else t.components,
                            t.output_layers)
     except USER_ERRORS as exc:
@@ -182,22 +182,24 @@ def profile(
                                                           "(default: the target's agent_python, else python3)")] = None,
 ) -> None:
     """Profile TASK's dense model on TARGET: per-component and per-group time; stored and reused by key."""
-    from edgeprune.measure.store import ProfileStore, profile_task
-    from edgeprune.runtimes import get_runtime
     from edgeprune.core.targets import load_target
     from edgeprune.loop import target_inputs
+    from edgeprune.measure.store import ProfileStore, profile_task
+    from edgeprune.prune.graph import ComponentGraph
+    from edgeprune.runtimes import get_runtime
 
     try:
         t, tg = load_task(task), load_target(target).on_device(device, agent_python)
         runtime = get_runtime(tg)
-        graph_args = {"components": parse_components(components) if components else t.components,
-                      "output_layers": t.output_layers}
+        inputs = target_inputs(t, tg)
+        dense = ComponentGraph(t.build(), inputs, parse_components(components) if components else t.components,
+                               t.output_layers)
         with console.status("profiling", spinner="dots") as status:
             def log(message: str) -> None:
                 console.log(message, highlight=False)
                 status.update(message)
 
-            result = profile_task(t, tg, runtime, target_inputs(t, tg), graph_args, ProfileStore(store) if store else ProfileStore(),
+            result = profile_task(t, tg, runtime, inputs, dense, ProfileStore(store) if store else ProfileStore(),
                                   refresh=refresh, cost_model=cost_model, stride=stride, log=log)
     except USER_ERRORS as exc:
         fail(str(exc))
@@ -237,17 +239,18 @@ def report(
         help="profile store searched for a cost model when the run used none; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
 ) -> None:
     """Write RUN_DIR's report: Markdown and a self-contained HTML page with figures (PNGs also in figures/)."""
-    from edgeprune.report.report import FIGURES, SCREENSHOT, ReportError, load_manifest, write_report
+    from edgeprune.core.manifest import Manifest, ManifestError
+    from edgeprune.report.report import FIGURES, SCREENSHOT, ReportError, write_report
     from edgeprune.report.report import screenshot as render
 
     try:
-        markdown = write_report(run_dir, load_manifest(run_dir), out, profiles)
+        markdown = write_report(run_dir, Manifest.load(run_dir), out, profiles)
         page = markdown.with_suffix(".html")
         console.print(f"report written: {markdown} and {page} (figures in {markdown.parent / FIGURES})", highlight=False)
         if screenshot:
             shot = render(page, markdown.parent / FIGURES / SCREENSHOT)
             console.print(f"rendered in headless Chromium: {shot}", highlight=False)
-    except (ReportError, *USER_ERRORS) as exc:
+    except (ManifestError, ReportError, *USER_ERRORS) as exc:
         fail(str(exc))
 
 

@@ -11,20 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeprune.planners.coefficients import (
-    ChoiceInfo,
-    CoefficientError,
+from edgeprune.core.task import Task, load_task
+from edgeprune.measure.cost import CostModel, GroupLUT
+from edgeprune.planners import (
     GradientSettings,
     GridSettings,
-    choose,
+    LatencyTarget,
+    PlannerError,
+    Proposal,
+    SparsityTarget,
+    StepContext,
+    get_planner,
     policy_sparsity,
 )
-from edgeprune.measure.cost import CostModel, GroupLUT
 from edgeprune.prune.graph import ComponentGraph
-from edgeprune.planners.knapsack import choose_for_latency
+from edgeprune.prune.importance import ApplicationImportance
 from edgeprune.prune.masks import channel_masks
 from edgeprune.prune.plan import Plan, keep_count, prune_uniform
-from edgeprune.core.task import Task, load_task
 
 OUT = ("decoder.3",)
 GRANULE = 4  # TwoPart has 144 prunable channels: one granule of 4 moves the sparsity by 0.028 < 2 epsilon
@@ -70,11 +73,33 @@ def _dense_plan(task: Task, model: nn.Module) -> Plan:
                                                 components=task.components, output_layers=task.output_layers))
 
 
+FEW_STEPS, GRID = GradientSettings(steps=20), GridSettings()  # frozen: safe as defaults
+
+
+def _context(task: Task, model: nn.Module, plan: Plan, granule: int = GRANULE, importance_batches: int = 8,
+             flow_policy: str = "protect", **settings: object) -> StepContext:
+    importance = ApplicationImportance(task.name, task.loss, task.batches, flow_policy,  # type: ignore[arg-type]
+                                       n_batches=importance_batches)
+    return StepContext.trace(task, model, plan, task.example_inputs(), granule=granule, importance=importance,
+                             flow_policy=flow_policy, **settings)
+
+
 def _run(task: Task, model: nn.Module, plan: Plan, rho: float, strategy: str = "gradient",
-         granule: int = GRANULE, **kwargs: object) -> tuple[nn.Module, Plan, ChoiceInfo]:
-    kwargs.setdefault("gradient", GradientSettings(steps=20))
-    return choose(strategy, task, model, plan, rho, inputs=task.example_inputs(), granule=granule,  # type: ignore[arg-type]
-                  components=task.components, output_layers=task.output_layers, **kwargs)
+         granule: int = GRANULE, epsilon: float = 0.02, budget_ms: float | None = None,
+         gradient: GradientSettings = FEW_STEPS, grid: GridSettings = GRID, **settings: object
+         ) -> tuple[nn.Module, Plan, Proposal]:
+    """One planner call, as the loop makes it: a sparsity target rho ± epsilon, or a latency target of budget_ms."""
+    context = _context(task, model, plan, granule, **settings)
+    target = SparsityTarget(rho, epsilon) if budget_ms is None else LatencyTarget(budget_ms, epsilon)
+    proposal = get_planner(strategy, gradient=gradient, grid=grid).propose(context, target)
+    return proposal.model, proposal.plan, proposal
+
+
+def _knapsack(task: Task, model: nn.Module, plan: Plan, budget_ms: float, best_effort: bool = False,
+              **settings: object) -> tuple[nn.Module, Plan, Proposal]:
+    proposal = get_planner("knapsack").propose(_context(task, model, plan, **settings),
+                                                LatencyTarget(budget_ms, best_effort=best_effort))
+    return proposal.model, proposal.plan, proposal
 
 
 def _same_outputs(task: Task, pruned: nn.Module, plan: Plan) -> None:
@@ -84,10 +109,12 @@ def _same_outputs(task: Task, pruned: nn.Module, plan: Plan) -> None:
         assert torch.equal(fresh.eval()(*task.example_inputs()), pruned.eval()(*task.example_inputs()))
 
 
-def _in_band(info: ChoiceInfo, plan: Plan, flow_policy: str = "protect") -> None:
+def _in_band(info: Proposal, plan: Plan, flow_policy: str = "protect") -> None:
     achieved = policy_sparsity(plan, flow_policy)  # type: ignore[arg-type]
     assert achieved == pytest.approx(info.sparsity)
-    assert info.rho - info.epsilon - 1e-9 <= achieved <= info.rho + info.epsilon + 1e-9
+    target = info.target
+    assert isinstance(target, SparsityTarget)
+    assert target.rho - target.epsilon - 1e-9 <= achieved <= target.rho + target.epsilon + 1e-9
     assert info.within_tolerance
 
 
@@ -101,7 +128,7 @@ def digits() -> Task:
 
 
 @pytest.fixture(scope="module")
-def digits_gradient(digits: Task) -> tuple[nn.Module, Plan, ChoiceInfo]:
+def digits_gradient(digits: Task) -> tuple[nn.Module, Plan, Proposal]:
     model = digits.build()
     return _run(digits, model, _dense_plan(digits, model), 0.5, granule=8, gradient=GradientSettings(steps=60))
 
@@ -213,7 +240,7 @@ def test_a_task_without_loss_falls_back_to_magnitude_for_grid_and_refuses_gradie
     _in_band(info, new_plan)
     assert info.importance == "magnitude" and any("has no loss" in n for n in info.notes)
     assert info.best_metric == min(info.objective)  # MSE: lower is better
-    with pytest.raises(CoefficientError, match="'gradient' needs the task's differentiable loss"):
+    with pytest.raises(PlannerError, match="'gradient' needs the task's differentiable loss"):
         _run(task, two_part, plan, 0.4, "gradient")
 
 
@@ -232,7 +259,7 @@ def test_unknown_strategy_and_unreachable_band_are_value_errors(two_part) -> Non
     plan = _dense_plan(task, two_part)
     with pytest.raises(ValueError, match="unknown strategy 'random'"):
         _run(task, two_part, plan, 0.5, "random")
-    with pytest.raises(CoefficientError, match=r"0.680..0.720 is unreachable: this model and plan allow 0.000..0.194"):
+    with pytest.raises(PlannerError, match=r"0.680..0.720 is unreachable: this model and plan allow 0.000..0.194"):
         _run(task, two_part, plan, 0.7, component_ratios={"encoder": 0.2, "decoder": 0.2})
 
 
@@ -271,8 +298,8 @@ def _hand_cost() -> CostModel:
 def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
     task, cost = _distil_task(two_part), _hand_cost()
     plan = _dense_plan(task, two_part)
-    args = {"inputs": task.example_inputs(), "granule": GRANULE, "output_layers": OUT}
-    pruned, new_plan, info = choose_for_latency(task, two_part, plan, cost, 2.0, **args)
+    args = {"cost": cost}
+    pruned, new_plan, info = _knapsack(task, two_part, plan, 2.0, **args)
     assert info.predicted_ms is not None and info.predicted_ms <= 2.0
     assert cost.predict_ms(new_plan) == pytest.approx(info.predicted_ms)
     assert new_plan.kept("encoder.3") == 64  # removing its channels buys nothing on this target
@@ -281,21 +308,21 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
     _same_outputs(task, pruned, new_plan)
     # at 2.6 ms the decoder alone gives the time; once the encoder may take at most 60 % of the budget, its
     # time-saving group is cut too (and its flat one still is not)
-    _, loose, _ = choose_for_latency(task, two_part, plan, cost, 2.6, **args)
-    _, shared, _ = choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.6}, **args)
+    _, loose, _ = _knapsack(task, two_part, plan, 2.6, **args)
+    _, shared, _ = _knapsack(task, two_part, plan, 2.6, component_shares={"encoder": 0.6}, **args)
     assert loose.kept("encoder.0") == 32 and cost.component_ms(loose)["encoder"] > 0.6 * 2.6
     assert cost.component_ms(shared)["encoder"] <= 0.6 * 2.6 + 1e-9
     assert shared.kept("encoder.0") < 32 and shared.kept("encoder.3") == 64
-    with pytest.raises(CoefficientError, match="out of reach for the budget: the cost model predicts"):
-        choose_for_latency(task, two_part, plan, cost, 1.0, **args)
+    with pytest.raises(PlannerError, match="out of reach for the budget: the cost model predicts"):
+        _knapsack(task, two_part, plan, 1.0, **args)
     # best effort (what the tune loop asks for): the plan at the bounds, for a measurement to decide
-    _, bounds, effort = choose_for_latency(task, two_part, plan, cost, 1.0, best_effort=True, **args)
+    _, bounds, effort = _knapsack(task, two_part, plan, 1.0, best_effort=True, **args)
     assert any("out of reach" in note for note in effort.notes)
     assert bounds.kept("decoder.1") == keep_count(48, 0.9, GRANULE) and bounds.kept("encoder.0") == keep_count(32, 0.9, GRANULE)
-    with pytest.raises(CoefficientError, match="out of reach for component 'encoder'"):
-        choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"encoder": 0.1}, **args)
-    with pytest.raises(CoefficientError, match="unknown components: policy"):
-        choose_for_latency(task, two_part, plan, cost, 2.6, component_shares={"policy": 0.5}, **args)
+    with pytest.raises(PlannerError, match="out of reach for component 'encoder'"):
+        _knapsack(task, two_part, plan, 2.6, component_shares={"encoder": 0.1}, **args)
+    with pytest.raises(PlannerError, match="unknown components: policy"):
+        _knapsack(task, two_part, plan, 2.6, component_shares={"policy": 0.5}, **args)
 
 
 def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -> None:
@@ -312,5 +339,5 @@ def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -
     cut = {key: 1 - new_plan.kept(key) / new_plan.groups[key].width for key in ("encoder.0", "encoder.3", "decoder.1")}
     assert cut["encoder.3"] < min(cut["encoder.0"], cut["decoder.1"])
     _same_outputs(task, pruned, new_plan)
-    with pytest.raises(CoefficientError, match="latency target needs strategy 'gradient'"):
+    with pytest.raises(PlannerError, match="latency target needs strategy 'gradient'"):
         _run(task, two_part, plan, 0.3, "grid", cost=cost, budget_ms=2.4)

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
+from edgeprune.core.task import Task
 from edgeprune.measure.cost import (
     Calibration,
     CostModel,
@@ -25,11 +26,10 @@ from edgeprune.measure.cost import (
     sample_counts,
     with_residuals,
 )
+from edgeprune.measure.store import ProfileStore, profile_key, profile_task
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_to_counts
-from edgeprune.measure.store import ProfileStore, profile_key, profile_task
 from edgeprune.runtimes.onnxruntime import OrtRuntime
-from edgeprune.core.task import Task
 
 GRAPH_ARGS = {"components": {"encoder": ["encoder"], "decoder": ["decoder"]}, "output_layers": ("decoder.3",)}
 
@@ -141,7 +141,7 @@ def test_a_stored_cost_model_of_another_format_is_refused(tmp_path: Path) -> Non
 
 
 def test_builder_finds_the_layers_a_cut_reshapes_and_resumes(two_part, image, runtime, tmp_path: Path) -> None:
-    builder = CostModelBuilder("two-part", two_part, image, runtime, 8, tmp_path, GRAPH_ARGS)
+    builder = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, runtime, 8, tmp_path)
     model = builder.build(stride=4, groups=["encoder.3"], calibration_plans=2)
     lut = model.groups["encoder.3"]
     assert lut.width == 64 and lut.kept == (8, 40, 64)
@@ -157,7 +157,7 @@ def test_builder_finds_the_layers_a_cut_reshapes_and_resumes(two_part, image, ru
                                           "calibration-0", "calibration-1"]
     # a second builder on the same folder measures nothing again: a killed build resumes from its journal
     before = (CountingOrt.profiles, CountingOrt.latencies)
-    again = CostModelBuilder("two-part", two_part, image, runtime, 8, tmp_path, GRAPH_ARGS).build(
+    again = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, runtime, 8, tmp_path).build(
         stride=4, groups=["encoder.3"], calibration_plans=2)
     assert (CountingOrt.profiles, CountingOrt.latencies) == before and again == model
     with pytest.raises(CostModelError, match="not prunable groups of this model: decoder.3"):
@@ -182,19 +182,19 @@ def two_part_task(model) -> Task:
 
 def test_profile_store_reuses_by_key_and_leaves_no_partial_files(two_part, image, runtime, fast_target, tmp_path) -> None:
     task, store = two_part_task(two_part), ProfileStore(tmp_path / "profiles")
-    first = profile_task(task, fast_target, runtime, image, GRAPH_ARGS, store)
+    first = profile_task(task, fast_target, runtime, image, ComponentGraph(task.build(), image, **GRAPH_ARGS), store)
     assert not first.reused and first.profile_path.is_file() and CountingOrt.profiles == 1
     assert set(first.profile["component"]) <= {"encoder", "decoder", ""}
     assert first.profile.attrs["model_hash"] and first.profile.attrs["input_shapes"] == [[1, 1, 32, 32]]
     assert first.groups.set_index("group").loc["encoder.3", "layers_ms"] > 0
-    second = profile_task(task, fast_target, runtime, image, GRAPH_ARGS, store)
+    second = profile_task(task, fast_target, runtime, image, ComponentGraph(task.build(), image, **GRAPH_ARGS), store)
     assert second.reused and second.key == first.key and CountingOrt.profiles == 1
     assert second.profile["time_ms"].tolist() == pytest.approx(first.profile["time_ms"].tolist())
     files = sorted(p.name for p in (tmp_path / "profiles" / "two-part").iterdir())
     assert files == [f"cpu-{first.key}.csv", f"cpu-{first.key}.json"]  # no temporary or work files left behind
     # another measurement setting is another key
     other = fast_target.model_copy(update={"granule": 16})
-    assert profile_task(task, other, runtime, image, GRAPH_ARGS, store).key != first.key
+    assert profile_task(task, other, runtime, image, ComponentGraph(task.build(), image, **GRAPH_ARGS), store).key != first.key
     assert profile_key({"a": 1}) != profile_key({"a": 2})
 
 

@@ -16,18 +16,29 @@ import torch
 from sshd import Sshd, device_env, sshd  # noqa: F401 - fixtures (a module of its own: two test files use it)
 from typer.testing import CliRunner
 
-from edgeprune.devices import transport as devices
-from edgeprune.core.hashing import sha256_file
-from edgeprune.cli import app
 from edgeprune.artifact.deploy import DeployError, deploy, rollback
-from edgeprune.devices.transport import DeviceError, SshDevice
 from edgeprune.artifact.export import export_onnx
+from edgeprune.cli import app
+from edgeprune.core.hashing import sha256_file
+from edgeprune.core.manifest import (
+    Budgets,
+    GraphRecord,
+    LatencyBudgetRecord,
+    Manifest,
+    MetricBudgetRecord,
+    PrunedRecord,
+    StepRecord,
+    TaskRecord,
+)
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import load_task
+from edgeprune.devices import transport as devices
+from edgeprune.devices.transport import DeviceError, SshDevice
 
 
 def make_run(folder: Path, seed: int, status: str = "met") -> Path:
-    """A run folder as tune publishes it, reduced to what deploy reads: manifest.json and model.onnx."""
+    """A run folder as tune publishes it, reduced to what deploy reads: manifest.json (a complete one, of a run
+    that pruned nothing) and model.onnx."""
     task = load_task("digits-autoencoder")
     model = task.build()
     if seed:
@@ -37,10 +48,16 @@ def make_run(folder: Path, seed: int, status: str = "met") -> Path:
     folder.mkdir(parents=True)
     export_onnx(model, task.example_inputs(), folder / "model.onnx", dynamo=False)  # the quick exporter
     target = load_target("cpu")
-    manifest = {"format": "edgeprune.manifest/1", "status": status, "run_key": f"run{seed}",
-                "task": {"name": task.name}, "target": {**target.model_dump(), "digest": target.digest()},
-                "files": {"model.onnx": sha256_file(folder / "model.onnx")}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    dense = StepRecord(index=0, ratio=0.0, status="dense", metrics={task.metric: 0.0}, latency={"median_ms": 1.0})
+    Manifest(status=status, reason="a test run", run_key=f"run{seed}", created="2025-01-01T00:00:00+00:00", wall_s=0.0,
+             settings={"task": task.name, "target": target.name}, target=target, target_digest=target.digest(),
+             task=TaskRecord(name=task.name, spec=task.name, metric=task.metric, dense_weights_sha256=""),
+             versions={}, budgets=Budgets(latency=LatencyBudgetRecord(expression="1x", threshold_ms=1.0, holds=True),
+                                          metric=MetricBudgetRecord(expression=task.default_metric_budget,
+                                                                    threshold=0.0, holds=True)),
+             dense=dense, pruned=PrunedRecord(**dense.model_dump(), max_abs_error=0.0, pruned_groups=0, groups=0),
+             graph=GraphRecord(components={}, not_pruned={}, torch_pruning_notes=[]), steps=[dense], measurements=1,
+             cost_model=None, files={"model.onnx": sha256_file(folder / "model.onnx")}).save(folder)
     return folder
 
 
@@ -55,7 +72,7 @@ def test_deploy_verify_keep_previous_and_roll_back(device_env: Sshd, runs: tuple
     dest = tmp_path / "robot" / "models"
     url = device_env.url()
     first = deploy(one, url, str(dest), sys.executable)
-    sha_one = json.loads((one / "manifest.json").read_text())["files"]["model.onnx"]
+    sha_one = Manifest.load(one).files["model.onnx"]
     assert first.sha256 == sha_one == sha256_file(dest / "model.onnx")  # checksum verified there, and true
     assert first.previous is None and first.outputs == [[1, 1, 32, 32]]  # smoke inference ran
     record = json.loads((dest / "deployed.json").read_text())

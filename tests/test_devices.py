@@ -23,6 +23,7 @@ from edgeprune.devices.probe import key_facts
 from edgeprune.devices.transport import DeviceError, LocalDevice, SshDevice, open_device
 from edgeprune.loop import target_inputs
 from edgeprune.measure.store import ProfileStore, profile_task
+from edgeprune.prune.graph import ComponentGraph
 from edgeprune.runtimes import get_runtime
 from edgeprune.runtimes.remote import RemoteRuntime
 from edgeprune.runtimes.trtexec import TrtexecRuntime
@@ -44,7 +45,7 @@ def test_remote_profile_brings_back_profile_and_device_facts(device_env: Sshd, t
     inputs = target_inputs(task, target)
     args = {"components": task.components, "output_layers": task.output_layers}
     store = ProfileStore(tmp_path / "profiles")
-    result = profile_task(task, target, runtime, inputs, args, store)
+    result = profile_task(task, target, runtime, inputs, ComponentGraph(task.build(), inputs, **args), store)
     frame = result.profile
     assert not result.reused and result.profile_path.is_file()
     assert len(frame) > 5 and (frame["time_ms"] > 0).all()
@@ -56,7 +57,7 @@ def test_remote_profile_brings_back_profile_and_device_facts(device_env: Sshd, t
     assert provenance["device_facts"]["hostname"] == facts["hostname"]
     assert "host_cpu" not in provenance  # this machine's CPU says nothing about a remote measurement
     # the same device state reuses the profile; another device state (here: another L4T) would not
-    again = profile_task(task, target, get_runtime(target), inputs, args, store)
+    again = profile_task(task, target, get_runtime(target), inputs, ComponentGraph(task.build(), inputs, **args), store)
     assert again.reused and again.key == result.key
     assert key_facts({**facts, "l4t": "36.4.0"}) != key_facts(facts)
     # the ONNX went up once, content-addressed; nothing half-written was left in the device's work folder

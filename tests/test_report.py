@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import importlib.util
-import json
 import re
 import shutil
 from pathlib import Path
@@ -20,10 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
+from edgeprune.core.manifest import CalibrationRecord, CostModelRecord, Manifest
+from edgeprune.loop import TuneSettings, tune
 from edgeprune.measure.cost import CostModel, GroupLUT, sample_counts
 from edgeprune.measure.profile import load_profile
+from edgeprune.prune.plan import Plan
 from edgeprune.report.report import SCREENSHOT, ReportError, find_chromium
-from edgeprune.loop import TuneSettings, tune
 
 pytestmark = pytest.mark.slow
 
@@ -57,25 +58,25 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CostModel]:
     """A profile store holding a cost model of the run's dense model on its target: each group's layers scale
     with its kept channels, from the run's dense profile."""
-    manifest = json.loads((run / "manifest.json").read_text())
-    plan = json.loads((run / "plan.json").read_text())
+    manifest = Manifest.load(run)
+    plan = Plan.load(run / "plan.json")
     dense = load_profile(run / "profile-dense.csv")
     layers = dict(zip(dense["layer"], dense["time_ms"].astype(float), strict=True))
-    granule = manifest["target"]["granule"]
+    granule = manifest.target.granule
     groups = {}
-    for key, group in plan["groups"].items():
+    for key, group in plan.groups.items():
         own = [r.layer for r in dense.itertuples() if r.module == key]
-        kept = sample_counts(group["width"], granule, stride=2)
+        kept = sample_counts(group.width, granule, stride=2)
         if own and len(kept) > 1:
-            groups[key] = GroupLUT(width=group["width"], kept=tuple(kept),
-                                   layers={layer: tuple(layers[layer] * k / group["width"] for k in kept) for layer in own})
-    cost = CostModel(task=manifest["task"]["name"], granule=granule, dense_layers=layers,
-                     dense_ms=manifest["dense"]["latency"]["median_ms"], groups=groups,
-                     provenance={"model_hash": manifest["task"]["dense_weights_sha256"],
-                                 "target_digest": manifest["target"]["digest"], "host_cpu": "test CPU"})
+            groups[key] = GroupLUT(width=group.width, kept=tuple(kept),
+                                   layers={layer: tuple(layers[layer] * k / group.width for k in kept) for layer in own})
+    cost = CostModel(task=manifest.task.name, granule=granule, dense_layers=layers,
+                     dense_ms=manifest.dense.latency_ms, groups=groups,
+                     provenance={"model_hash": manifest.task.dense_weights_sha256,
+                                 "target_digest": manifest.target_digest, "host_cpu": "test CPU"})
     root = tmp_path_factory.mktemp("store")
     (root / cost.task).mkdir()
-    cost.save(root / cost.task / f"{manifest['target']['name']}-test.cost.json")
+    cost.save(root / cost.task / f"{manifest.target.name}-test.cost.json")
     return root, cost
 
 
@@ -125,44 +126,44 @@ def test_the_html_is_self_contained(rendered: Path) -> None:
 
 def test_numbers_match_the_manifest_and_the_cost_model(run: Path, rendered: Path,
                                                        store: tuple[Path, CostModel]) -> None:
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = Manifest.load(run)
     markdown, page = (rendered / "report.md").read_text(), (rendered / "report.html").read_text()
-    dense, pruned, budgets, metric = manifest["dense"], manifest["pruned"], manifest["budgets"], "psnr"
-    lat, met = budgets["latency"], budgets["metric"]
+    dense, pruned, budgets, metric = manifest.dense, manifest.pruned, manifest.budgets, "psnr"
+    lat, met = budgets.latency, budgets.metric
     expected = [
-        f"| latency | {lat['expression']} | {lat['threshold_ms']:.4g} ms | {pruned['latency']['median_ms']:.4g} ms",
-        (f"{'✓' if lat['holds'] else '✗'} {pruned['latency']['median_ms']:.4g} {'≤' if lat['holds'] else '>'} "
-        f"{lat['threshold_ms']:.4g} ms"),
-        (f"| {metric} | {met['expression']} | {met['threshold']:.4g} | {pruned['metrics'][metric]:.4g} | "
-        f"{'✓' if met['holds'] else '✗'}"),
-        f"| latency (measured, median) | {dense['latency']['median_ms']:.4g} ms",
-        f"| {metric} | {dense['metrics'][metric]:.4g} | {pruned['metrics'][metric]:.4g} |",
-        f"| parameters | {dense['params']:,} | {pruned['params']:,}",
-        f"| MACs per input sample (Torch-Pruning count) | {dense['macs']:,} | {pruned['macs']:,}",
+        f"| latency | {lat.expression} | {lat.threshold_ms:.4g} ms | {pruned.latency_ms:.4g} ms",
+        (f"{'✓' if lat.holds else '✗'} {pruned.latency_ms:.4g} {'≤' if lat.holds else '>'} "
+        f"{lat.threshold_ms:.4g} ms"),
+        (f"| {metric} | {met.expression} | {met.threshold:.4g} | {pruned.metrics[metric]:.4g} | "
+        f"{'✓' if met.holds else '✗'}"),
+        f"| latency (measured, median) | {dense.latency_ms:.4g} ms",
+        f"| {metric} | {dense.metrics[metric]:.4g} | {pruned.metrics[metric]:.4g} |",
+        f"| parameters | {dense.params:,} | {pruned.params:,}",
+        f"| MACs per input sample (Torch-Pruning count) | {dense.macs:,} | {pruned.macs:,}",
     ]
-    steps = manifest["steps"]
-    accepted = sum(s["status"] == "accepted" for s in steps)
+    steps = manifest.steps
+    accepted = sum(s.status == "accepted" for s in steps)
     expected.append(f"{len(steps) - 1} pruning steps after the dense model: {accepted} accepted, "
-                    f"{len(steps) - 1 - accepted} rolled back; {manifest['measurements']} latency measurements")
-    expected += [f"| {s['index']} | {s['ratio']:.3g} | {s['status']} | {s['metrics'][metric]:.4g} |"
-                 for s in steps if metric in s["metrics"]]
-    expected += [f"| {k} | {v} |" for k, v in manifest["versions"].items()]
-    expected += [manifest["run_key"], manifest["task"]["dense_weights_sha256"], manifest["target"]["digest"]]
+                    f"{len(steps) - 1 - accepted} rolled back; {manifest.measurements} latency measurements")
+    expected += [f"| {s.index} | {s.ratio:.3g} | {s.status} | {s.metrics[metric]:.4g} |"
+                 for s in steps if metric in s.metrics]
+    expected += [f"| {k} | {v} |" for k, v in manifest.versions.items()]
+    expected += [manifest.run_key, manifest.task.dense_weights_sha256, manifest.target_digest]
     for text in expected:
         assert text in markdown, text
-    assert f"{dense['latency']['median_ms']:.4g} ms" in page and f"{pruned['metrics'][metric]:.4g}" in page
-    section = check_staircase(markdown, store[1], json.loads((run / "plan.json").read_text()))
+    assert f"{dense.latency_ms:.4g} ms" in page and f"{pruned.metrics[metric]:.4g}" in page
+    section = check_staircase(markdown, store[1], Plan.load(run / "plan.json"))
     assert "shown is the one stored for the same dense weights and target" in section
 
 
-def check_staircase(markdown: str, cost: CostModel, plan: dict) -> str:
+def check_staircase(markdown: str, cost: CostModel, plan: Plan) -> str:
     """The staircase table has the cost model's predictions at the dense width and at the plan's keep count."""
     section = markdown.split("## Cost model")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| group")]
     assert rows and "](figures/staircase.png)" in section
     for row in rows:
         group, width = row.split(" | ")[0][2:], int(row.split(" | ")[1])
-        keep = len(plan["groups"][group]["keep"])
+        keep = len(plan.groups[group].keep)
         assert width == cost.groups[group].width
         assert row.endswith(f"| {cost.predict_ms({}):.4g} ms | {keep} | {cost.predict_ms({group: keep}):.4g} ms |")
     return section
@@ -179,10 +180,10 @@ def test_the_html_renders_in_headless_chromium(rendered: Path) -> None:
     assert (pixels.mean(axis=2) < 0.9).mean() > 0.05, "hardly anything drawn"
 
 
-def copy_run(run: Path, to: Path) -> tuple[Path, dict]:
+def copy_run(run: Path, to: Path) -> tuple[Path, Manifest]:
     """The run folder without its report and heavy files, to render an edited manifest."""
     shutil.copytree(run, to, ignore=shutil.ignore_patterns("figures", "report.*", "*.onnx", "weights.pt"))
-    return to, json.loads((to / "manifest.json").read_text())
+    return to, Manifest.load(to)
 
 
 def test_a_runs_own_cost_model_is_drawn_as_the_run_left_it(run: Path, store: tuple[Path, CostModel],
@@ -190,27 +191,28 @@ def test_a_runs_own_cost_model_is_drawn_as_the_run_left_it(run: Path, store: tup
     copy, manifest = copy_run(run, tmp_path / "planned")
     root, cost = store
     points = [(cost.raw_ms({}), 2 * cost.raw_ms({}))]  # the run's calibration: every prediction doubled
-    manifest["cost_model"] = {"path": str(next(root.rglob("*.cost.json"))), "calibration": {"points": points}}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    own = CostModelRecord(path=str(next(root.rglob("*.cost.json"))), calibration=CalibrationRecord(points=points))
+    manifest.model_copy(update={"cost_model": own}).save(copy)
     result = CliRunner().invoke(app, ["report", str(copy), "--profiles", str(tmp_path / "no-store")])
     assert result.exit_code == 0, result.output
     markdown = (copy / "report.md").read_text()
-    section = check_staircase(markdown, cost.calibrated(points), json.loads((copy / "plan.json").read_text()))
+    section = check_staircase(markdown, cost.calibrated(points), Plan.load(copy / "plan.json"))
     assert "The cost model this run planned on" in section and "on 1 whole-model measurement." in section
 
 
 def test_an_infeasible_run_renders_with_its_explanation(run: Path, tmp_path: Path) -> None:
     copy, manifest = copy_run(run, tmp_path / "infeasible")
     reason = "the metric budget breaks before the latency budget holds: the best plan measures 9 ms > 1 ms"
-    manifest.update(status="infeasible", reason=reason)
-    manifest["budgets"]["latency"]["holds"] = False
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    latency = manifest.budgets.latency.model_copy(update={"holds": False})
+    manifest = manifest.model_copy(update={"status": "infeasible", "reason": reason,
+                                           "budgets": manifest.budgets.model_copy(update={"latency": latency})})
+    manifest.save(copy)
     result = CliRunner().invoke(app, ["report", str(copy), "--profiles", str(tmp_path / "no-store")])
     assert result.exit_code == 0, result.output
     markdown, page = (copy / "report.md").read_text(), (copy / "report.html").read_text()
-    assert markdown.startswith(f"# edgeprune: {manifest['task']['name']} on cpu-quick — infeasible")
+    assert markdown.startswith(f"# edgeprune: {manifest.task.name} on cpu-quick — infeasible")
     assert f"**Infeasible:** {reason}." in markdown and f"<strong>Infeasible:</strong> {html.escape(reason)}." in page
-    assert f"✗ {manifest['pruned']['latency']['median_ms']:.4g} >" in markdown
+    assert f"✗ {manifest.pruned.latency_ms:.4g} >" in markdown
     assert "No staircase" in markdown and not (copy / "figures" / "staircase.png").exists()
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from edgeprune.artifact.export import export_pt2, to_numpy
+from edgeprune.core.targets import load_target
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing, get_runtime
 from edgeprune.runtimes.torch_cuda import OUTSIDE, TorchCudaRuntime, WallTimer, load_program, module_times
-from edgeprune.core.targets import load_target
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,20 +7,24 @@ prunes the digits autoencoder without fine-tuning, whose PSNR collapses after a 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeprune.cli import INFEASIBLE_EXIT, app
+from edgeprune.artifact import export as export_module
 from edgeprune.artifact.export import to_numpy
+from edgeprune.cli import INFEASIBLE_EXIT, app
 from edgeprune.core.hashing import sha256_file
-from edgeprune.prune.plan import Plan
-from edgeprune.runtimes import get_runtime
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import Plan
+from edgeprune.runtimes import get_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +39,28 @@ def quick_target(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def met_run(tmp_path_factory: pytest.TempPathFactory, quick_target: str) -> tuple[TuneSettings, Path, object]:
+def met_run(tmp_path_factory: pytest.TempPathFactory, quick_target: str) -> tuple[TuneSettings, Path, object, Counter]:
+    """The run, and how often it traced the model into a ComponentGraph and exported it."""
     settings = TuneSettings(task="pendulum-agent", target=quick_target, latency_budget="0.75x", finetune_steps=200)
     out = tmp_path_factory.mktemp("runs") / "met"
-    return settings, out, tune(settings, out)
+    counts: Counter = Counter()
+    trace, export = ComponentGraph.__init__, export_module.export_onnx
+
+    def counted(name: str, call: Callable) -> Callable:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            counts[name] += 1
+            return call(*args, **kwargs)
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ComponentGraph, "__init__", counted("traces", trace))
+        patch.setattr(export_module, "export_onnx", counted("exports", export))
+        result = tune(settings, out)
+    return settings, out, result, counts
 
 
 def test_loop_stops_when_both_budgets_hold(met_run) -> None:
-    _, out, result = met_run
+    _, out, result, _ = met_run
     manifest = json.loads((out / "manifest.json").read_text())
     assert result.status == manifest["status"] == "met"
     budgets, pruned, dense = manifest["budgets"], manifest["pruned"], manifest["dense"]
@@ -58,8 +76,16 @@ def test_loop_stops_when_both_budgets_hold(met_run) -> None:
     assert pruned["macs"] < dense["macs"] and pruned["params"] < dense["params"]
 
 
+def test_the_run_traces_once_and_exports_each_measured_model_once(met_run) -> None:
+    """Planners prune forks of the step's graph (no tracing below the loop); the bundle publishes the artefact the
+    loop measured (no second export)."""
+    _, _, result, counts = met_run
+    measured = sum(1 for s in result.manifest.steps if s.latency is not None)  # the dense model and each step
+    assert counts["traces"] == 1 and counts["exports"] == measured
+
+
 def test_bundle_is_complete_and_hashed(met_run) -> None:
-    _, out, _ = met_run
+    _, out, _, _ = met_run
     manifest = json.loads((out / "manifest.json").read_text())
     expected = {"plan.json", "weights.pt", "model.onnx", "profile.csv", "profile.json", "profile-dense.csv",
                 "profile-dense.json", "report.md", "report.html"}
@@ -77,7 +103,7 @@ def test_bundle_is_complete_and_hashed(met_run) -> None:
 
 
 def test_pruned_agent_keeps_its_interfaces_and_reloads_without_pickle(met_run) -> None:
-    settings, out, _ = met_run
+    settings, out, _, _ = met_run
     task, model = load_pruned(out)
     dense = task.build()
     weights = torch.load(out / "weights.pt", weights_only=True)
@@ -98,7 +124,7 @@ def test_pruned_agent_keeps_its_interfaces_and_reloads_without_pickle(met_run) -
 
 
 def test_same_run_again_is_a_no_op_and_a_different_run_is_refused(met_run) -> None:
-    settings, out, _ = met_run
+    settings, out, _, _ = met_run
     before = (out / "manifest.json").read_text()
     again = tune(settings, out)
     assert again.status == "met" and (out / "manifest.json").read_text() == before
@@ -139,10 +165,10 @@ def test_grid_strategy_chooses_each_steps_coefficients_on_the_metric(tmp_path: P
                             metric_budget="psnr>=15", step=0.3, strategy="grid", epsilon=0.03)
     result = tune(settings, tmp_path / "grid")
     assert result.status == "met", result.reason
-    step = result.manifest["steps"][1]
-    search = step["search"]
+    step = result.manifest.steps[1]
+    search = step.search
     assert search["strategy"] == "grid" and search["within_tolerance"] and abs(search["sparsity"] - 0.3) <= 0.03
-    assert 1 <= search["evaluations"] <= 25 and step["metrics"]["psnr"] >= 15
+    assert 1 <= search["evaluations"] <= 25 and step.metrics["psnr"] >= 15
     assert "grid → sparsity" in (tmp_path / "grid" / "report.md").read_text()
 
 
@@ -162,17 +188,17 @@ def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Pa
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
     manifest = result.manifest
-    cost = manifest["cost_model"]
-    assert Path(cost["path"]).is_file() and Path(cost["path"]).is_relative_to(shared_profiles)
-    accepted = [s for s in manifest["steps"] if s["status"] == "accepted"]
-    assert accepted and all(s["search"]["strategy"] == "knapsack" for s in accepted)
+    cost = manifest.cost_model
+    assert Path(cost.path).is_file() and Path(cost.path).is_relative_to(shared_profiles)
+    accepted = [s for s in manifest.steps if s.status == "accepted"]
+    assert accepted and all(s.search["strategy"] == "knapsack" for s in accepted)
     # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
     # model's own points: dense + 6 random plans; then this run's dense and its steps)
-    assert all(s["search"]["predicted_ms"] > 0 for s in accepted)
+    assert all(s.search["predicted_ms"] > 0 for s in accepted)
     # every measured step joins it, also one rolled back for measuring no faster than its starting model
-    measured = [s for s in manifest["steps"] if s["status"] != "dense" and s["latency"] is not None]
-    assert len(cost["calibration"]["points"]) == 7 + 1 + len(measured)
-    assert manifest["measurements"] == 1 + len(accepted)
+    measured = [s for s in manifest.steps if s.status != "dense" and s.latency is not None]
+    assert len(cost.calibration.points) == 7 + 1 + len(measured)
+    assert manifest.measurements == 1 + len(accepted)
 
 
 def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, quick_target: str,
@@ -183,11 +209,11 @@ def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, 
                             epsilon=0.05)
     result = tune(settings, tmp_path / "gradient")
     assert result.status == "met", result.reason
-    accepted = [s for s in result.manifest["steps"] if s["status"] == "accepted"]
-    assert accepted and all(s["search"]["strategy"] == "gradient" for s in accepted)
-    first = accepted[0]["search"]
-    assert first["predicted_ms"] is not None and first["predicted_ms"] < result.manifest["dense"]["latency"]["median_ms"]
-    assert result.manifest["cost_model"] is not None
+    accepted = [s for s in result.manifest.steps if s.status == "accepted"]
+    assert accepted and all(s.search["strategy"] == "gradient" for s in accepted)
+    first = accepted[0].search
+    assert first["predicted_ms"] is not None and first["predicted_ms"] < result.manifest.dense.latency_ms
+    assert result.manifest.cost_model is not None
 
 
 def test_a_latency_planner_stops_when_the_cost_model_finds_nothing_more_to_cut(tmp_path: Path, quick_target: str,
@@ -199,13 +225,13 @@ def test_a_latency_planner_stops_when_the_cost_model_finds_nothing_more_to_cut(t
     result = tune(settings, tmp_path / "bounded")
     assert result.status == "infeasible"
     assert "finds no further cut that saves time within the groups' bounds" in result.reason
-    steps = result.manifest["steps"]
+    steps = result.manifest.steps
     # one or two accepted steps (the first may still predict 0.5x reachable), none rolled back, and the
     # proposal that found nothing new added no step
-    assert [s["status"] for s in steps][:1] == ["dense"] and {s["status"] for s in steps[1:]} == {"accepted"}
-    assert any("out of reach" in note for note in steps[-1]["search"]["notes"])
+    assert [s.status for s in steps][:1] == ["dense"] and {s.status for s in steps[1:]} == {"accepted"}
+    assert any("out of reach" in note for note in steps[-1].search["notes"])
     plan = Plan.load(tmp_path / "bounded" / "plan.json")
-    assert plan.digest() == steps[-1]["plan_digest"] == result.manifest["pruned"]["plan_digest"]
+    assert plan.digest() == steps[-1].plan_digest == result.manifest.pruned.plan_digest
     assert all(len(g.keep) >= 0.8 * g.width - 8 for g in plan.groups.values())
 
 
@@ -242,18 +268,18 @@ def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_ta
     with pytest.raises(KeyboardInterrupt):
         tune(settings, out)
     assert not out.exists() and (staging / "checkpoint.json").is_file()
-    before = json.loads((staging / "checkpoint.json").read_text())["steps"]
+    before = json.loads((staging / "checkpoint.json").read_text())["state"]["steps"]
     assert [s["status"] for s in before] == ["dense", "accepted"]
     with pytest.raises(RunFolderError, match="add --resume to continue it"):
         tune(settings, out)
     monkeypatch.delenv("INTERRUPT_AT_FINETUNE")
     result = tune(settings, out, resume=True)
-    assert result.status == "met" and not staging.exists()
-    steps = result.manifest["steps"]
-    assert steps[:2] == before  # the steps done before the interruption are taken over, not redone
-    assert len(steps) > 2 and steps[-1]["status"] == "accepted"
+    assert result.status == "met" and not staging.exists(), result.reason
+    steps = result.manifest.steps
+    assert [s.model_dump() for s in steps[:2]] == before  # the steps before the interruption: taken over, not redone
+    assert len(steps) > 2 and steps[-1].status == "accepted"
     assert {p.name for p in out.iterdir()} >= {"manifest.json", "plan.json", "weights.pt"}
     assert not {"checkpoint.json", "checkpoint.pt"} & {p.name for p in out.iterdir()}
     # the resumed run's weights are what its plan and fine-tuning made: reload and evaluate as published
     task, model = load_pruned(out)
-    assert task.evaluate(model)["psnr"] == pytest.approx(result.manifest["pruned"]["metrics"]["psnr"])
+    assert task.evaluate(model)["psnr"] == pytest.approx(result.manifest.pruned.metrics["psnr"])

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune.core.budgets import MetricBudget
 from edgeprune.artifact.export import check_export, export_onnx
+from edgeprune.core.budgets import MetricBudget
+from edgeprune.core.task import Task, TaskError, load_task
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.runtimes import get_runtime
-from edgeprune.core.task import Task, TaskError, load_task
 from edgeprune.zoo import CHECKPOINTS
 from edgeprune.zoo.autoencoder import FASHION_ENV, FashionMnistMissing, check_fashion
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeprune.core.budgets import MetricBudget
 from edgeprune.artifact.export import check_export, export_onnx
+from edgeprune.core.budgets import MetricBudget
+from edgeprune.core.task import Task, load_task
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_uniform
 from edgeprune.runtimes import get_runtime
-from edgeprune.core.task import Task, load_task
 from edgeprune.zoo import CHECKPOINTS
 from edgeprune.zoo.resnet import DEPLOY_BATCH, DigitsResNet
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import edgeprune
 from edgeprune.core.hashing import sha256_file
+from edgeprune.core.manifest import MANIFEST, Manifest, ManifestError
 from edgeprune.devices.transport import Device, DeviceError, open_device, run_agent, safe_name
 
-MANIFEST = "manifest.json"
 #: Runtimes whose deployed artefact is an engine built on the device from the run's ONNX.
 ENGINE_RUNTIMES = ("tensorrt", "trtexec")
 
@@ -46,34 +46,29 @@ class DeployResult:
                 f"{len(self.outputs)} finite output(s) {shapes}")
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / MANIFEST
-    if not run_dir.is_dir():
-        raise DeployError(f"run folder {run_dir} does not exist")
-    if not path.is_file():
-        raise DeployError(f"{run_dir} holds no {MANIFEST}: give the folder of a finished edgeprune tune run")
+def read_manifest(run_dir: Path) -> Manifest:
+    """The run's manifest (:meth:`Manifest.load`), its errors as :class:`DeployError`."""
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DeployError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(manifest, dict) or not {"target", "task", "files"} <= manifest.keys():
-        raise DeployError(f"{path} is not an edgeprune run manifest (no target, task or files)")
-    return manifest
+        return Manifest.load(run_dir)
+    except ManifestError as exc:
+        if exc.kind == "no-manifest":
+            raise DeployError(f"{run_dir} holds no {MANIFEST}: give the folder of a finished edgeprune tune run") from None
+        raise DeployError(str(exc)) from None
 
 
-def default_dest(manifest: dict[str, Any]) -> str:
+def default_dest(manifest: Manifest) -> str:
     """``~/edgeprune/deploy/<task>`` on the device."""
-    return f"edgeprune/deploy/{safe_name(manifest['task']['name'])}"
+    return f"edgeprune/deploy/{safe_name(manifest.task.name)}"
 
 
-def _artefact(manifest: dict[str, Any], run_dir: Path) -> tuple[Path, str, bool]:
+def _artefact(manifest: Manifest, run_dir: Path) -> tuple[Path, str, bool]:
     """(file to upload, its deployed name, build an engine from it there), checked against the manifest."""
-    runtime = manifest["target"]["runtime"]
+    runtime = manifest.target.runtime
     if runtime == "torch-cuda":
         raise DeployError("deploy takes ONNX Runtime and TensorRT runs; a torch-cuda run's .pt2 runs inside your own "
                           "Python program")
     source = run_dir / "model.onnx"
-    expected = manifest["files"].get(source.name)
+    expected = manifest.files.get(source.name)
     if not source.is_file() or expected is None:
         raise DeployError(f"{run_dir} has no model.onnx listed in its manifest")
     if sha256_file(source) != expected:
@@ -82,9 +77,8 @@ def _artefact(manifest: dict[str, Any], run_dir: Path) -> tuple[Path, str, bool]
     return source, "model.plan" if engine else source.name, engine
 
 
-def _device_target(manifest: dict[str, Any]) -> str:
-    target = {k: v for k, v in manifest["target"].items() if k != "digest"}
-    return json.dumps({**target, "device": "local", "agent_python": None})
+def _device_target(manifest: Manifest) -> str:
+    return json.dumps({**manifest.target.model_dump(), "device": "local", "agent_python": None})
 
 
 def deploy(run_dir: Path, url: str, dest: str | None = None, agent_python: str | None = None, *,
@@ -93,15 +87,15 @@ def deploy(run_dir: Path, url: str, dest: str | None = None, agent_python: str |
     from edgeprune.runtimes.trtexec_formats import OnnxFacts
 
     manifest = read_manifest(run_dir)
-    if manifest.get("status") != "met" and not allow_infeasible:
-        raise DeployError(f"{run_dir} is an {manifest.get('status', 'unfinished')} run (its budgets do not both hold): "
+    if manifest.status != "met" and not allow_infeasible:
+        raise DeployError(f"{run_dir} is an {manifest.status} run (its budgets do not both hold): "
                           "deploy it anyway with --allow-infeasible")
     source, name, engine = _artefact(manifest, run_dir)
-    device = open_device(url, agent_python or manifest["target"].get("agent_python"))
+    device = open_device(url, agent_python or manifest.target.agent_python)
     folder = device.path(dest or default_dest(manifest))
-    digest = manifest["files"][source.name]
-    record = {"format": "edgeprune.deployed/1", "task": manifest["task"]["name"], "run_key": manifest.get("run_key"),
-              "run_status": manifest.get("status"), "source": source.name, "target": json.loads(_device_target(manifest)),
+    digest = manifest.files[source.name]
+    record = {"format": "edgeprune.deployed/1", "task": manifest.task.name, "run_key": manifest.run_key,
+              "run_status": manifest.status, "source": source.name, "target": json.loads(_device_target(manifest)),
               "inputs": list(OnnxFacts.of(source).inputs), "edgeprune": edgeprune.__version__}
     upload = f"{folder}/.upload-{uuid.uuid4().hex[:12]}"
     log(f"uploading {source.name} to {device.url}")
@@ -117,9 +111,9 @@ def rollback(run_dir: Path, url: str, dest: str | None = None, agent_python: str
              log: Callable[[str], None] = lambda _: None) -> DeployResult:
     """Swap the deployed version and the previous one back, then smoke-test it."""
     manifest = read_manifest(run_dir)
-    device = open_device(url, agent_python or manifest["target"].get("agent_python"))
+    device = open_device(url, agent_python or manifest.target.agent_python)
     folder = device.path(dest or default_dest(manifest))
-    name = "model.plan" if manifest["target"]["runtime"] in ENGINE_RUNTIMES else "model.onnx"
+    name = "model.plan" if manifest.target.runtime in ENGINE_RUNTIMES else "model.onnx"
     log(f"rolling back {name} on {device.url}")
     restored = run_agent(device, "rollback", "--dest", folder, "--name", name)
     return _smoke(device, folder, name, {**restored, "previous": f"{folder}/{name}.previous"}, "rolled back", log)

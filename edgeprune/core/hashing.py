@@ -1,7 +1,6 @@
 """Hashing: the one place that fingerprints files, weights and settings for manifests, keys and checksums.
 
-The device agent (``edgeprune/agent.py``) keeps its own stdlib-only ``sha256_file``: it is piped to boards that have
-none of edgeprune's dependencies, so it cannot import this module; both compute the same streamed sha256.
+The device agent (``edgeprune/agent.py``) uses it too: it needs only the standard library.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""The bundle: a finished loop's plan, weights, ONNX, profiles, manifest and report, published as one folder."""
+"""The bundle: a finished loop's plan, weights, measured model, profiles, manifest and report, published as one folder."""
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import importlib.metadata
-import json
 import platform
+import shutil
 from pathlib import Path
 
 import onnx
@@ -13,16 +14,30 @@ import torch
 from torch import nn
 
 import edgeprune
-from edgeprune.artifact.export import build_artifact, to_numpy
+from edgeprune.artifact.export import Artifact, to_numpy
 from edgeprune.core.hashing import sha256_file, state_dict_hash
-from edgeprune.core.manifest import MANIFEST
-from edgeprune.core.targets import Target
+from edgeprune.core.manifest import (
+    Budgets,
+    CalibrationRecord,
+    CostModelRecord,
+    GraphRecord,
+    LatencyBudgetRecord,
+    Manifest,
+    ManifestError,
+    MetricBudgetRecord,
+    PrunedRecord,
+    TaskRecord,
+)
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop.loop import CHECKPOINT, CHECKPOINT_WEIGHTS, Loop, Outcome
-from edgeprune.loop.settings import RunFolderError, TuneSettings, graph_args, target_inputs
+from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
 from edgeprune.measure.profile import attribute, save_profile
 from edgeprune.prune.plan import Plan
 from edgeprune.runtimes import Runtime
+
+#: The published model's name in the bundle: ``model.onnx`` (or ``model.pt2``), and ``model.plan`` where the runtime
+#: builds an engine.
+MODEL = "model"
 
 
 def versions(runtime: Runtime) -> dict[str, str]:
@@ -38,20 +53,23 @@ def versions(runtime: Runtime) -> dict[str, str]:
     }
 
 
-def existing_run(out: Path, key: str) -> dict[str, object] | None:
+def existing_run(out: Path, key: str) -> Manifest | None:
     """The manifest of a finished identical run in ``out``; an error if ``out`` holds anything else."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise RunFolderError(f"output {out} exists and is not a folder")
-    manifest_path = out / MANIFEST
-    if not manifest_path.is_file():
+    try:
+        manifest = Manifest.load(out)
+    except ManifestError as exc:
+        if exc.kind != "no-manifest":
+            raise RunFolderError(f"output folder {out} holds no readable edgeprune run ({exc}); choose another "
+                                 f"--out or remove it") from None
         if any(out.iterdir()):
-            raise RunFolderError(f"output folder {out} is not empty and holds no edgeprune run; choose another --out")
+            raise RunFolderError(f"output folder {out} is not empty and holds no edgeprune run; choose another --out") from None
         return None
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("run_key") != key:
-        s = manifest.get("settings", {})
+    if manifest.run_key != key:
+        s = manifest.settings
         raise RunFolderError(
             f"output folder {out} already holds a different run (task {s.get('task')}, target {s.get('target')}, "
             f"latency {s.get('latency_budget')}, metric {s.get('metric_budget')}); choose another --out or remove it"
@@ -59,21 +77,40 @@ def existing_run(out: Path, key: str) -> dict[str, object] | None:
     return manifest
 
 
-def write_bundle(loop: Loop, folder: Path, key: str, outcome: Outcome, wall_s: float) -> dict[str, object]:
-    """Plan, weights, ONNX, profiles, steps, manifest and report of a finished loop, written into ``folder``."""
+def publish(artifact: Artifact, folder: Path, name: str = MODEL) -> Artifact:
+    """Copy a measured artefact into ``folder`` as ``NAME.*``: the exported model and, where the runtime built
+    something else from it (an engine, a remote build's handle), that too, with the files the runtime keeps beside
+    it (ONNX facts, layer info) — every file named after the export. Build caches stay behind."""
+    stem = artifact.exported.stem
+    built = artifact.built
+    if built != artifact.exported and (built.parent != artifact.exported.parent or not built.name.startswith(f"{stem}.")):
+        raise ValueError(f"cannot publish {built}: a built model is expected beside {artifact.exported}, named after it")
+
+    def renamed(path: Path) -> Path:
+        return folder / f"{name}{path.name[len(stem):]}"
+
+    for path in sorted(artifact.exported.parent.glob(f"{glob.escape(stem)}.*")):
+        if path.is_file():
+            shutil.copy2(path, renamed(path))
+    return Artifact(renamed(artifact.exported), renamed(built), artifact.max_abs_error)
+
+
+def write_bundle(loop: Loop, folder: Path, key: str, outcome: Outcome, wall_s: float) -> Manifest:
+    """Plan, weights, the measured model, profiles, steps, manifest and report of a finished loop, written into
+    ``folder``. The model is the one the loop exported, built, checked and measured: published, never exported
+    again."""
     from edgeprune.report.report import FIGURES, write_report
 
-    model, plan, final = outcome.model, outcome.plan, outcome.final
-    loop.log("writing the bundle: ONNX export, profiles, report")
+    model, plan, final, graph = outcome.model, outcome.plan, outcome.final, outcome.graph
+    loop.log("writing the bundle: the measured model, profiles, report")
     plan.save(folder / "plan.json")
     torch.save(model.state_dict(), folder / "weights.pt")
-    artifact = build_artifact(model, loop.inputs, loop.runtime, folder, "model", loop.target.precision)
-    graph = outcome.graph
+    artifact = publish(outcome.artifact, folder)
     components = graph.components
     provenance = {"target": loop.target.name, "runtime": loop.runtime.name, **loop.runtime.versions(),
                   "device": loop.target.device, "precision": loop.target.precision, "task": loop.task.name,
                   "input_shapes": [list(t.shape) for t in loop.inputs]}
-    for name, built, weights in (("profile-dense", loop.dense_artifact, loop.dense_hash),
+    for name, built, weights in (("profile-dense", loop.baseline.dense_artifact, loop.baseline.dense_hash),
                                  ("profile", artifact, state_dict_hash(model))):
         frame = loop.runtime.profile(built.built, to_numpy(loop.inputs))
         onnx_path = built.exported if loop.runtime.source == "onnx" else None
@@ -81,48 +118,50 @@ def write_bundle(loop: Loop, folder: Path, key: str, outcome: Outcome, wall_s: f
                      folder / f"{name}.csv")
     metric = loop.metric_budget.metric
     pruned_value = final.metrics[metric]
-    manifest: dict[str, object] = {
-        "format": "edgeprune.manifest/1",
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "run_key": key,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_s": round(wall_s, 2),
-        "settings": loop.settings.model_dump(),
-        "task": {"name": loop.task.name, "spec": loop.settings.task, "metric": metric,
-                 "dense_weights_sha256": loop.dense_hash},
-        "target": {**loop.target.model_dump(), "digest": loop.target.digest()},
-        "versions": versions(loop.runtime),
-        "budgets": {
-            "latency": {"expression": str(loop.latency_budget), "threshold_ms": loop.budget_ms,
-                        "holds": final.latency_ms <= loop.budget_ms},
-            "metric": {"expression": str(loop.metric_budget), "threshold": loop.metric_threshold,
-                       "holds": loop.metric_budget.holds(pruned_value, loop.dense_value)},
-        },
-        "dense": outcome.dense.model_dump(),
-        "pruned": {**final.model_dump(), "max_abs_error": artifact.max_abs_error,
-                   "pruned_groups": len(plan.pruned_groups), "groups": len(plan.groups)},
-        "graph": {"components": components, "not_pruned": graph.skipped, "torch_pruning_notes": graph.notes},
-        "steps": [s.model_dump() for s in loop.steps],
-        "measurements": sum(1 for s in loop.steps if s.latency is not None),
-        "cost_model": ({"path": str(loop.cost_path), "calibration": loop.cost.calibration.model_dump(mode="json")}
-                       if loop.settings.plans_latency else None),
-    }
+    manifest = Manifest(
+        status=outcome.status,
+        reason=outcome.reason,
+        run_key=key,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        wall_s=round(wall_s, 2),
+        settings=loop.settings.model_dump(),
+        task=TaskRecord(name=loop.task.name, spec=loop.settings.task, metric=metric,
+                        dense_weights_sha256=loop.baseline.dense_hash),
+        target=loop.target,
+        target_digest=loop.target.digest(),
+        versions=versions(loop.runtime),
+        budgets=Budgets(
+            latency=LatencyBudgetRecord(expression=str(loop.latency_budget), threshold_ms=loop.baseline.budget_ms,
+                                        holds=final.latency_ms <= loop.baseline.budget_ms),
+            metric=MetricBudgetRecord(expression=str(loop.metric_budget), threshold=loop.baseline.metric_threshold,
+                                      holds=loop.metric_budget.holds(pruned_value, loop.baseline.dense_value)),
+        ),
+        dense=outcome.dense,
+        pruned=PrunedRecord(**final.model_dump(), max_abs_error=artifact.max_abs_error,
+                            pruned_groups=len(plan.pruned_groups), groups=len(plan.groups)),
+        graph=GraphRecord(components=components, not_pruned=graph.skipped, torch_pruning_notes=graph.notes),
+        steps=outcome.steps,
+        measurements=sum(1 for s in outcome.steps if s.latency is not None),
+        cost_model=(CostModelRecord(
+            path=str(loop.baseline.cost_path), calibration=CalibrationRecord.model_validate(
+                outcome.state.cost.calibration.model_dump(mode="json"))) if outcome.state.cost is not None else None),
+    )
     write_report(folder, manifest)
     bundle = [*folder.glob("*"), *folder.glob(f"{FIGURES}/*")]  # not the staging folder's work files
-    manifest["files"] = {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(bundle)
-                         if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest = manifest.model_copy(update={"files": {
+        p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(bundle)
+        if p.is_file() and p.name not in (CHECKPOINT, CHECKPOINT_WEIGHTS)}})
+    manifest.save(folder)
     return manifest
 
 
 def load_pruned(run_dir: Path) -> tuple[Task, nn.Module]:
     """Rebuild a run's pruned model: dense task model, plan replayed, weights loaded (no pickled modules)."""
-    manifest = json.loads((run_dir / MANIFEST).read_text())
-    task = load_task(manifest["settings"]["task"])
-    target = Target.model_validate({k: v for k, v in manifest["target"].items() if k != "digest"})
+    manifest = Manifest.load(run_dir)
+    settings = TuneSettings.model_validate(manifest.settings)
+    task = load_task(settings.task)
     model = task.build()
-    settings = TuneSettings.model_validate(manifest["settings"])
-    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, target), **graph_args(settings, task))
+    Plan.load(run_dir / "plan.json").apply(model, target_inputs(task, manifest.target), run_components(settings, task),
+                                           task.output_layers)
     model.load_state_dict(torch.load(run_dir / "weights.pt", weights_only=True))
     return task, model.eval()

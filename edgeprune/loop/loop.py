@@ -1,19 +1,20 @@
 """The tune loop: prune step by step until the measured latency budget and the metric budget both hold.
 
-Each step proposes a larger pruning ratio — uniform over the groups, one global ranking, or per-group soft
-coefficients chosen by grid search against the task (``strategy``); or, for the latency planners (``knapsack``,
-and ``gradient``, whose penalty is the cost model's differentiable prediction), a larger share of the dense latency
-to remove, planned on the target's measured cost model — honouring the flow policy (by default interfaces keep
-their width), at the target's granule, optionally fine-tunes, evaluates the metric and — only if the metric budget
-still holds — exports, checks and measures the model on the target (a latency planner then recalibrates its cost
-model). A step that breaks the metric budget is rolled back and retried with half
-the increment. The run is staged in a hidden sibling folder, checkpointed after every step (so ``resume``
-continues an interrupted run), and moved into place only when complete.
+Each step builds one :class:`~edgeprune.planners.StepContext` (the current model's traced graph, its plan, the
+bounds, the run's importance and, for a latency planner, the cost model) and asks the planner for a proposal
+against a typed target: a larger pruning ratio (:class:`~edgeprune.planners.SparsityTarget`), or — for the latency
+planners — a larger share of the dense latency to remove, predicted on the target's measured cost model
+(:class:`~edgeprune.planners.LatencyTarget`). The proposal is fine-tuned, evaluated and — only if the metric budget
+still holds — exported, checked and measured on the target (a latency planner then recalibrates its cost model).
+
+``step(state)`` returns the next :class:`LoopState` or the :class:`Outcome`; every way a run ends is a named stop
+rule. The state (plan, steps, cost model, rejected plans…) is what the checkpoint serialises after every step, so
+an interrupted run resumes where it stopped. The model is traced once, at the dense stage (or when a run resumes):
+an accepted proposal's graph becomes the next step's graph.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Literal
 
 import torch
 import torch_pruning as tp
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
@@ -31,11 +33,19 @@ from edgeprune.core.hashing import state_dict_hash
 from edgeprune.core.manifest import StepRecord
 from edgeprune.core.targets import Target
 from edgeprune.core.task import load_task
-from edgeprune.loop.settings import RunFolderError, TuneSettings, graph_args, target_inputs
+from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
 from edgeprune.measure.cost import CostModel
-from edgeprune.planners.coefficients import ChoiceInfo, CoefficientError, choose
-from edgeprune.planners.knapsack import choose_for_latency
+from edgeprune.planners import (
+    LatencyTarget,
+    PlannerError,
+    Proposal,
+    SparsityTarget,
+    StepContext,
+    StepTarget,
+    get_planner,
+)
 from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.importance import ApplicationImportance, cuttable
 from edgeprune.prune.plan import Plan
 from edgeprune.runtimes import Latency, get_runtime
 
@@ -43,23 +53,107 @@ CHECKPOINT = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.pt"
 
 
+class Baseline(BaseModel):
+    """The dense model's facts, fixed by the dense stage: what both budgets resolve against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dense_value: float
+    dense_hash: str
+    dense_ms: float
+    budget_ms: float
+    metric_threshold: float
+    dense_artifact: Artifact
+    cost_path: Path | None = None
+    """Where the stored cost model the run planned on came from (latency planners)."""
+
+
+class LoopState(BaseModel):
+    """What changes from step to step. Everything but the traced graph (rebuilt from the plan and the checkpoint's
+    weights) is the checkpoint."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    ratio: float
+    """Ratio strategies: the channels cut so far. Latency planners: the share of dense latency aimed at so far."""
+    step: float
+    """The next increment of ``ratio``; halved after a rollback."""
+    steps: list[StepRecord]
+    best: int = 0
+    """Index of the step the current model comes from (the dense model, or the last accepted step)."""
+    rejected: frozenset[str] = frozenset()
+    """Digests of plans rolled back from the current model: not proposed from it again."""
+    plan: Plan
+    artifact: Artifact
+    """The current model exported, built and checked: what the bundle publishes if the run ends here."""
+    cost: CostModel | None = None
+    """Latency planners: the cost model, recalibrated on every measurement."""
+    local: float = 1.0
+    """Latency planners: measured / predicted latency at the last measurement (prediction errors are local)."""
+    graph: ComponentGraph = Field(exclude=True)
+    """The current model, traced."""
+
+    @property
+    def model(self) -> nn.Module:
+        return self.graph.model
+
+    @property
+    def best_step(self) -> StepRecord:
+        return self.steps[self.best]
+
+    def rolled_back(self, record: StepRecord, **changes: object) -> LoopState:
+        return self.model_copy(update={"steps": [*self.steps, record],
+                                       "rejected": self.rejected | {record.plan_digest}, **changes})
+
+
+class Checkpoint(BaseModel):
+    """The checkpoint file: the run's key, its baseline and the state after the last step (weights beside it)."""
+
+    run_key: str
+    baseline: Baseline
+    state: LoopState
+
+
 @dataclass
 class Outcome:
-    """How the loop ended, with the model and plan it ends on (the last accepted step), that model's traced graph
-    and its exported, built and measured artefact (what the bundle publishes)."""
+    """How the loop ended, with the state it ends on: the current model (the last accepted step), its graph, plan
+    and measured artefact, every step, and the cost model a latency planner planned on."""
 
     status: Literal["met", "infeasible"]
     reason: str
-    model: nn.Module
-    plan: Plan
-    graph: ComponentGraph
-    artifact: Artifact
-    dense: StepRecord
-    final: StepRecord
+    state: LoopState
+
+    @property
+    def model(self) -> nn.Module:
+        return self.state.model
+
+    @property
+    def plan(self) -> Plan:
+        return self.state.plan
+
+    @property
+    def graph(self) -> ComponentGraph:
+        return self.state.graph
+
+    @property
+    def artifact(self) -> Artifact:
+        return self.state.artifact
+
+    @property
+    def steps(self) -> list[StepRecord]:
+        return self.state.steps
+
+    @property
+    def dense(self) -> StepRecord:
+        return self.state.steps[0]
+
+    @property
+    def final(self) -> StepRecord:
+        return self.state.best_step
 
 
 class Loop:
-    """State of one tune run; ``run`` drives it. Kept as a class so each step's pieces stay small."""
+    """One tune run: the facts that do not change from step to step, the planner and the stop rules."""
 
     def __init__(self, settings: TuneSettings, target: Target, work: Path, key: str,
                  log: Callable[[str], None]) -> None:
@@ -71,32 +165,17 @@ class Loop:
         if settings.finetune_steps and self.task.finetune is None:
             raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0")
         self.inputs = target_inputs(self.task, self.target)
-        self.graph_args = graph_args(settings, self.task)
-        self.steps: list[StepRecord] = []
-        self.local = 1.0  # latency planners: measured / predicted latency at the last measurement
+        self.components = run_components(settings, self.task)
+        self.planner = get_planner(settings.strategy)
+        self.plans_latency = settings.plans_latency
+        self.importance = ApplicationImportance(self.task.name, self.task.loss, self.task.batches, settings.flow_policy,
+                                                settings.flow_combine, seed=settings.seed)
+        self.baseline: Baseline
 
-    # -- one measurement -------------------------------------------------------------------------------------
+    # -- measurements ------------------------------------------------------------------------------------------
     def measure(self, model: nn.Module, name: str) -> tuple[Artifact, Latency]:
         artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
         return artifact, self.runtime.latency(artifact.built, to_numpy(self.inputs))
-
-    def cost_model(self, dense_model: nn.Module) -> CostModel:
-        """The target's cost model of the dense model: from profiles/ when one with this key is stored, else
-        measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
-        from edgeprune.measure.store import ProfileStore, profile_task
-
-        self.log("cost model: reusing the stored one or measuring it (one profile per group and keep count)")
-        result = profile_task(self.task, self.target, self.runtime, self.inputs, self.graph_args, ProfileStore(),
-                              cost_model=True, stride=self.settings.cost_stride, log=self.log)
-        assert result.cost is not None
-        self.cost_path = result.cost_path
-        return result.cost.calibrated([*result.cost.calibration.points, (result.cost.raw_ms({}), self.dense_ms)])
-
-    def recalibrate(self, plan: Plan, measured_ms: float) -> None:
-        """Every full measurement joins the cost model's calibration, and sets the local correction: the next plan
-        aims at budget / (measured / predicted) of this one, since prediction errors are local."""
-        self.cost = self.cost.calibrated([*self.cost.calibration.points, (self.cost.raw_ms(plan), measured_ms)])
-        self.local = measured_ms / self.cost.predict_ms(plan)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return {k: float(v) for k, v in self.task.evaluate(model).items()}
@@ -105,207 +184,220 @@ class Loop:
         macs, params = tp.utils.count_ops_and_params(model, self.inputs)
         return int(macs), int(params)
 
-    def propose(self, model: nn.Module, plan: Plan, ratio: float) -> tuple[nn.Module, Plan, ChoiceInfo]:
-        """The next candidate at ``ratio``: of the channels to remove (ratio strategies) or, for the knapsack, of the
-        dense latency to remove, never aiming below the budget (before the local correction)."""
-        s = self.settings
-        # latency planners: the budget, corrected by how far off the last measured prediction was (errors are local)
-        target_ms = max(self.budget_ms, self.dense_ms * (1.0 - ratio)) / self.local if s.plans_latency else None
-        if s.strategy == "knapsack":
-            return choose_for_latency(
-                self.task, model, plan, self.cost, target_ms, inputs=self.inputs, granule=self.target.granule,
-                flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
-                component_shares=s.component_shares, seed=s.seed, max_group_ratio=s.max_ratio, best_effort=True,
-                **self.graph_args)
-        # a latency planner's ratio ramps its target up to 1; for the gradient it only sets where the search starts
-        rho = min(ratio, s.max_ratio) if s.plans_latency else ratio
-        return choose(s.strategy, self.task, model, plan, rho, inputs=self.inputs, granule=self.target.granule,
-                      flow_policy=s.flow_policy, flow_combine=s.flow_combine, component_ratios=s.component_ratios,
-                      epsilon=s.epsilon, seed=s.seed, max_group_ratio=s.max_ratio,
-                      cost=self.cost if s.plans_latency else None, budget_ms=target_ms, **self.graph_args)
+    def trace(self, model: nn.Module) -> ComponentGraph:
+        return ComponentGraph(model, self.inputs, self.components, self.task.output_layers)
 
-    # -- the loop --------------------------------------------------------------------------------------------
+    def cost_model(self, dense: ComponentGraph, artifact: Artifact, dense_ms: float) -> tuple[CostModel, Path | None]:
+        """The target's cost model of the dense model: from profiles/ when one with this key is stored, else
+        measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
+        from edgeprune.measure.store import ProfileStore, profile_task
+
+        self.log("cost model: reusing the stored one or measuring it (one profile per group and keep count)")
+        result = profile_task(self.task, self.target, self.runtime, self.inputs, dense, ProfileStore(),
+                              cost_model=True, stride=self.settings.cost_stride, artifact=artifact, log=self.log)
+        assert result.cost is not None
+        cost = result.cost.calibrated([*result.cost.calibration.points, (result.cost.raw_ms({}), dense_ms)])
+        return cost, result.cost_path
+
+    # -- the run -----------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> Outcome:
         state = self.restore() if resume else None
         if state is None:
-            model, plan, dense = self.dense_stage()
-            ratio, step, rejected, best = 0.0, self.settings.step, set(), dense
-            self.checkpoint(model, plan, ratio, step, rejected, best)
+            state = self.dense_stage()
+            self.checkpoint(state)
         else:
-            model, plan, ratio, step, rejected, best = state
-            dense = self.steps[0]
-            self.log(f"resuming after step {self.steps[-1].index} (ratio {ratio:.3g})")
-        if dense.latency_ms <= self.budget_ms:
-            return self._outcome("met", "the dense model already meets both budgets", model, plan, dense, best)
-        outcome = None
-        while outcome is None:
-            model, plan, ratio, step, best, outcome = self.step(model, plan, ratio, step, rejected, best, dense)
-            self.checkpoint(model, plan, ratio, step, rejected, best)
-        return outcome
+            self.log(f"resuming after step {state.steps[-1].index} (ratio {state.ratio:.3g})")
+        if state.steps[0].latency_ms <= self.baseline.budget_ms:
+            return Outcome("met", "the dense model already meets both budgets", state)
+        while not isinstance(state, Outcome):
+            state = self.step(state)
+            self.checkpoint(state.state if isinstance(state, Outcome) else state)
+        return state
 
-    def dense_stage(self) -> tuple[nn.Module, Plan, StepRecord]:
-        """Evaluate and measure the dense model; fix the budgets' thresholds (and, for the knapsack, the cost model)."""
+    def dense_stage(self) -> LoopState:
+        """Evaluate, measure and trace the dense model; fix the budgets' thresholds (and a latency planner's cost
+        model)."""
         start = time.perf_counter()
-        dense_model = self.task.build()
-        plan = Plan.dense(self.settings.task, ComponentGraph(copy.deepcopy(dense_model), self.inputs, **self.graph_args))
-        self.dense_hash = state_dict_hash(dense_model)
-        dense_metrics = self.evaluate(dense_model)
+        graph = self.trace(self.task.build())
+        plan = Plan.dense(self.settings.task, graph)
+        dense_metrics = self.evaluate(graph.model)
         self.metric_budget.check_metric(dense_metrics)
-        self.dense_value = dense_metrics[self.metric_budget.metric]
-        if not self.metric_budget.holds(self.dense_value, self.dense_value):
+        dense_value = dense_metrics[self.metric_budget.metric]
+        if not self.metric_budget.holds(dense_value, dense_value):
             raise BudgetError(
-                f"infeasible budgets: the dense model's {self.metric_budget.metric} is {self.dense_value:.4g}, "
+                f"infeasible budgets: the dense model's {self.metric_budget.metric} is {dense_value:.4g}, "
                 f"already outside the metric budget {self.metric_budget}"
             )
-        self.log(f"dense {self.metric_budget.metric}={self.dense_value:.4g}; measuring dense latency")
-        self.dense_artifact, dense_latency = self.measure(dense_model, "dense")
-        macs, params = self.count(dense_model)
-        dense = StepRecord(index=0, ratio=0.0, status="dense", metrics=dense_metrics, latency=dense_latency.to_dict(),
+        self.log(f"dense {self.metric_budget.metric}={dense_value:.4g}; measuring dense latency")
+        artifact, latency = self.measure(graph.model, "dense")
+        macs, params = self.count(graph.model)
+        dense = StepRecord(index=0, ratio=0.0, status="dense", metrics=dense_metrics, latency=latency.to_dict(),
                            macs=macs, params=params, seconds=time.perf_counter() - start, plan_digest=plan.digest())
-        self.best_artifact = self.dense_artifact
-        self.steps.append(dense)
-        self.budget_ms = self.latency_budget.threshold_ms(dense_latency.median_ms)
-        self.dense_ms = dense_latency.median_ms
-        if self.settings.plans_latency:
-            self.cost = self.cost_model(dense_model)
-            self.local = self.dense_ms / self.cost.predict_ms({})
-        self.metric_threshold = self.metric_budget.threshold(self.dense_value)
-        self.log(f"dense latency {dense_latency.median_ms:.4g} ms; budget {self.budget_ms:.4g} ms")
-        return dense_model, plan, dense
+        cost, cost_path, local = None, None, 1.0
+        if self.plans_latency:
+            cost, cost_path = self.cost_model(graph, artifact, latency.median_ms)
+            local = latency.median_ms / cost.predict_ms({})
+        self.baseline = Baseline(dense_value=dense_value, dense_hash=state_dict_hash(graph.model),
+                                 dense_ms=latency.median_ms,
+                                 budget_ms=self.latency_budget.threshold_ms(latency.median_ms),
+                                 metric_threshold=self.metric_budget.threshold(dense_value), dense_artifact=artifact,
+                                 cost_path=cost_path)
+        self.log(f"dense latency {latency.median_ms:.4g} ms; budget {self.baseline.budget_ms:.4g} ms")
+        return LoopState(ratio=0.0, step=self.settings.step, steps=[dense], plan=plan, artifact=artifact, cost=cost,
+                         local=local, graph=graph)
 
-    # -- checkpoints: every step lands on disk, so an interrupted run resumes where it stopped ------------------
-    def checkpoint(self, model: nn.Module, plan: Plan, ratio: float, step: float, rejected: set[str],
-                   best: StepRecord) -> None:
-        folder = self.work.parent
-        torch.save(model.state_dict(), folder / ".checkpoint.pt.tmp")
-        state = {
-            "run_key": self.key, "ratio": ratio, "step": step, "rejected": sorted(rejected), "best": best.index,
-            "steps": [s.model_dump() for s in self.steps], "plan": plan.model_dump(mode="json"),
-            "dense_value": self.dense_value, "dense_hash": self.dense_hash, "dense_ms": self.dense_ms,
-            "budget_ms": self.budget_ms, "metric_threshold": self.metric_threshold,
-            "dense_artifact": [str(self.dense_artifact.exported), str(self.dense_artifact.built),
-                               self.dense_artifact.max_abs_error],
-            "cost": self.cost.model_dump(mode="json") if self.settings.plans_latency else None,
-            "cost_path": str(self.cost_path) if self.settings.plans_latency else None,
-            "local": self.local,
-        }
-        (folder / ".checkpoint.json.tmp").write_text(json.dumps(state))
-        (folder / ".checkpoint.pt.tmp").replace(folder / CHECKPOINT_WEIGHTS)
-        (folder / ".checkpoint.json.tmp").replace(folder / CHECKPOINT)
-
-    def restore(self) -> tuple[nn.Module, Plan, float, float, set[str], StepRecord] | None:
-        path = self.work.parent / CHECKPOINT
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        if state["run_key"] != self.key:
-            raise RunFolderError(f"{path.parent} holds an interrupted run of other settings; remove it to start over")
-        self.steps = [StepRecord.model_validate(s) for s in state["steps"]]
-        self.dense_value, self.dense_hash, self.dense_ms = state["dense_value"], state["dense_hash"], state["dense_ms"]
-        self.budget_ms, self.metric_threshold = state["budget_ms"], state["metric_threshold"]
-        exported, built, error = state["dense_artifact"]
-        self.dense_artifact = Artifact(Path(exported), Path(built), error)
-        if state["cost"] is not None:
-            self.cost = CostModel.model_validate(state["cost"])
-            self.cost_path = Path(state["cost_path"])
-            self.local = state["local"]
-        plan = Plan.model_validate(state["plan"])
-        model = plan.apply(self.task.build(), self.inputs, **self.graph_args)
-        model.load_state_dict(torch.load(self.work.parent / CHECKPOINT_WEIGHTS, weights_only=True))
-        best = next(s for s in self.steps if s.index == state["best"])
-        return model.eval(), plan, state["ratio"], state["step"], set(state["rejected"]), best
-
-    def _outcome(self, status: Literal["met", "infeasible"], reason: str, model: nn.Module, plan: Plan,
-                 dense: StepRecord, final: StepRecord) -> Outcome:
-        graph = ComponentGraph(copy.deepcopy(model), self.inputs, **self.graph_args)
-        return Outcome(status, reason, model, plan, graph, self.best_artifact, dense, final)
-
-    def roll_back(self, record: StepRecord, note: str, t0: float, rejected: set[str]) -> None:
-        """Record ``record`` as rolled back for ``note``; its plan is not proposed again from this model."""
-        record.status, record.note, record.seconds = "rolled-back", note, time.perf_counter() - t0
-        self.steps.append(record)
-        rejected.add(record.plan_digest)
-        self.log(f"step {record.index}: ratio {record.ratio:.3g} rolled back ({note})")
-
-    def step(self, model: nn.Module, plan: Plan, ratio: float, step: float, rejected: set[str], best: StepRecord,
-             dense: StepRecord) -> tuple[nn.Module, Plan, float, float, StepRecord, Outcome | None]:
-        """One proposal: returns the (possibly new) model, plan, ratio, step size and best step, and the outcome
-        when the loop ends here. ``rejected`` (plans rolled back from this model) is updated in place."""
-        planned = self.settings.plans_latency
-        if ratio >= self.settings.max_ratio - 1e-9 and not planned:  # a latency planner's ratio only ramps its target
-            reason = (f"latency budget not reached: at the largest pruning ratio {self.settings.max_ratio:g} "
-                      f"the model measures {best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms")
-            return model, plan, ratio, step, best, self._outcome("infeasible", reason, model, plan, dense, best)
-        metric_wall = (f"the metric budget breaks before the latency budget holds: the best plan measures "
-                       f"{best.latency_ms:.4g} ms > {self.budget_ms:.4g} ms with {self.metric_budget.metric}="
-                       f"{best.metrics[self.metric_budget.metric]:.4g}")
-        if step < self.settings.min_step:
-            return model, plan, ratio, step, best, self._outcome("infeasible", metric_wall, model, plan, dense, best)
+    def step(self, s: LoopState) -> LoopState | Outcome:
+        """One proposal from the current model: the next state, or the outcome when a stop rule ends the run."""
+        stop = self.largest_ratio_reached(s) or self.step_below_minimum(s)
+        if stop:
+            return stop
         # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
         # the dense latency it aims to remove, ramped until its target is the budget itself
-        trial = min(1.0 if planned else self.settings.max_ratio, ratio + step)
+        trial = min(1.0 if self.plans_latency else self.settings.max_ratio, s.ratio + s.step)
         t0 = time.perf_counter()
         try:
-            candidate, candidate_plan, choice = self.propose(model, plan, trial)
-        except CoefficientError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
-            if planned:  # bounds, not step size, keep the budget out of reach
-                return model, plan, ratio, step, best, self._outcome("infeasible", str(exc), model, plan, dense, best)
-            self.steps.append(StepRecord(index=len(self.steps), ratio=trial, status="rolled-back", metrics={}, note=str(exc),
-                                         seconds=time.perf_counter() - t0))
+            proposal = self.planner.propose(self.context(s), self.aim(s, trial))
+        except PlannerError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
+            if self.plans_latency:  # bounds, not step size, keep the budget out of reach
+                return Outcome("infeasible", str(exc), s)
+            record = StepRecord(index=len(s.steps), ratio=trial, status="rolled-back", metrics={}, note=str(exc),
+                                seconds=time.perf_counter() - t0)
             self.log(f"step at ratio {trial:.3g} not proposed: {exc}")
-            return model, plan, ratio, step / 2, best, None
-        if candidate_plan == plan:  # the granule swallowed this increment
-            if planned and self.dense_ms * (1.0 - trial) <= self.budget_ms:
-                protected = sum(1 for g in plan.groups.values() if g.kind == "flow") \
-                    if self.settings.flow_policy == "protect" else 0
-                hint = (f"; {protected} interface (flow) groups keep their width under --flow-policy protect, "
-                        f"--flow-policy joint lets the planner cut them") if protected else ""
-                reason = (f"the cost model (corrected ×{self.local:.3f} by the last measurement) finds no further cut "
-                          f"that saves time within the groups' bounds; the best plan measures {best.latency_ms:.4g} ms "
-                          f"> {self.budget_ms:.4g} ms{hint}")
-                return model, plan, ratio, step, best, self._outcome("infeasible", reason, model, plan, dense, best)
-            return model, plan, trial, step, best, None
-        if candidate_plan.digest() in rejected:  # the granule made this the plan already rolled back
-            if planned and self.dense_ms * (1.0 - ratio) <= self.budget_ms:
-                # the model already came from a step aimed at the budget itself: every smaller step aims there
-                # again and plans the same (deterministic) cut
-                return model, plan, ratio, step, best, self._outcome("infeasible", metric_wall, model, plan, dense, best)
-            return model, plan, ratio, step / 2, best, None
+            return s.model_copy(update={"steps": [*s.steps, record], "step": s.step / 2})
+        if proposal.plan == s.plan:  # the granule swallowed this increment
+            return self.nothing_left_to_cut(s, trial) or s.model_copy(update={"ratio": trial})
+        if proposal.plan.digest() in s.rejected:  # the granule made this the plan already rolled back
+            return self.only_rejected_plans_left(s) or s.model_copy(update={"step": s.step / 2})
+        return self.try_proposal(s, proposal, trial, t0)
+
+    def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
+        """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
+        candidate = proposal.model
         if self.settings.finetune_steps:
             torch.manual_seed(self.settings.seed)
             self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
             candidate.eval()
         metrics = self.evaluate(candidate)
         value = metrics[self.metric_budget.metric]
-        record = StepRecord(index=len(self.steps), ratio=trial, status="accepted", metrics=metrics,
-                            channel_sparsity=candidate_plan.channel_sparsity(), plan_digest=candidate_plan.digest(),
-                            search=choice.summary())
-        if not self.metric_budget.holds(value, self.dense_value):
-            self.roll_back(record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}", t0, rejected)
-            return model, plan, ratio, step / 2, best, None
+        record = StepRecord(index=len(s.steps), ratio=trial, status="accepted", metrics=metrics,
+                            channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
+                            search=proposal.summary())
+        if not self.metric_budget.holds(value, self.baseline.dense_value):
+            return self.roll_back(s, record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}",
+                                  t0, step=s.step / 2)
         artifact, latency = self.measure(candidate, f"step{record.index}")
         record.latency = latency.to_dict()
-        if planned:
-            local = self.local
-            self.recalibrate(candidate_plan, latency.median_ms)
-            if latency.median_ms >= best.latency_ms:
+        cost, local = s.cost, s.local
+        if cost is not None:
+            # every measurement joins the calibration, and sets the local correction: the next plan aims at
+            # budget / (measured / predicted) of this one
+            cost = cost.calibrated([*cost.calibration.points, (cost.raw_ms(proposal.plan), latency.median_ms)])
+            if latency.median_ms >= s.best_step.latency_ms:
                 # planned to be faster, measured no faster: the runtime's kernels for this combination of widths
                 # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
                 # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
-                self.local = local
-                self.roll_back(record, f"measured {latency.median_ms:.4g} ms, no faster than step {best.index}'s "
-                                       f"{best.latency_ms:.4g} ms", t0, rejected)
-                return model, plan, trial, step, best, None
+                return self.roll_back(s, record, f"measured {latency.median_ms:.4g} ms, no faster than step "
+                                                 f"{s.best}'s {s.best_step.latency_ms:.4g} ms", t0,
+                                      ratio=trial, cost=cost)
+            local = latency.median_ms / cost.predict_ms(proposal.plan)
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
-        self.steps.append(record)
         self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
                  f"{latency.median_ms:.4g} ms")
-        self.best_artifact = artifact
-        rejected.clear()  # a new starting model: a plan rejected from the old one may hold from this one
-        done = self._outcome("met", "both budgets hold", candidate, candidate_plan, dense, record) \
-            if latency.median_ms <= self.budget_ms else None
-        return candidate, candidate_plan, trial, step, record, done
+        # a new starting model: a plan rejected from the old one may hold from this one
+        accepted = s.model_copy(update={
+            "steps": [*s.steps, record], "best": record.index, "rejected": frozenset(), "plan": proposal.plan,
+            "graph": proposal.graph, "artifact": artifact, "ratio": trial, "cost": cost, "local": local})
+        return self.budget_met(accepted) or accepted
 
+    def context(self, s: LoopState) -> StepContext:
+        settings = self.settings
+        return StepContext(task=self.task, graph=s.graph, plan=s.plan, inputs=self.inputs, granule=self.target.granule,
+                           importance=self.importance, flow_policy=settings.flow_policy,
+                           flow_combine=settings.flow_combine, component_ratios=settings.component_ratios or {},
+                           max_ratio=settings.max_ratio, component_shares=settings.component_shares or {},
+                           cost=s.cost, seed=settings.seed)
 
+    def aim(self, s: LoopState, trial: float) -> StepTarget:
+        """The step's target at ``trial``: that share of the channels (ratio strategies) or of the dense latency,
+        never below the budget, corrected by how far off the last measured prediction was (latency planners)."""
+        if not self.plans_latency:
+            return SparsityTarget(trial, self.settings.epsilon)
+        target_ms = max(self.baseline.budget_ms, self.baseline.dense_ms * (1.0 - trial)) / s.local
+        return LatencyTarget(target_ms, self.settings.epsilon, best_effort=True)
+
+    def aims_at_budget(self, ratio: float) -> bool:
+        """A latency planner's ramp at ``ratio`` already aims at the budget itself."""
+        return self.plans_latency and self.baseline.dense_ms * (1.0 - ratio) <= self.baseline.budget_ms
+
+    def roll_back(self, s: LoopState, record: StepRecord, note: str, t0: float, **changes: object) -> LoopState:
+        """Record ``record`` as rolled back for ``note``; its plan is not proposed again from this model."""
+        record.status, record.note, record.seconds = "rolled-back", note, time.perf_counter() - t0
+        self.log(f"step {record.index}: ratio {record.ratio:.3g} rolled back ({note})")
+        return s.rolled_back(record, **changes)
+
+    # -- stop rules: each a way the run ends, with the reason it gives ----------------------------------------------
+    def largest_ratio_reached(self, s: LoopState) -> Outcome | None:
+        """A ratio strategy at ``max_ratio`` has nothing more to try (a latency planner's ratio only ramps its
+        target)."""
+        if self.plans_latency or s.ratio < self.settings.max_ratio - 1e-9:
+            return None
+        return Outcome("infeasible", f"latency budget not reached: at the largest pruning ratio "
+                                     f"{self.settings.max_ratio:g} the model measures {s.best_step.latency_ms:.4g} ms "
+                                     f"> {self.baseline.budget_ms:.4g} ms", s)
+
+    def step_below_minimum(self, s: LoopState) -> Outcome | None:
+        """Rollbacks halved the increment below ``min_step``: the metric budget breaks before the latency one holds."""
+        return self.metric_wall(s) if s.step < self.settings.min_step else None
+
+    def nothing_left_to_cut(self, s: LoopState, trial: float) -> Outcome | None:
+        """A latency planner aiming at the budget plans no cut: its cost model finds nothing more that saves time."""
+        if not self.aims_at_budget(trial):
+            return None
+        protected = sum(1 for g in s.plan.groups.values() if not cuttable(g.kind, self.settings.flow_policy))
+        hint = (f"; {protected} interface (flow) groups keep their width under --flow-policy protect, "
+                f"--flow-policy joint lets the planner cut them") if protected else ""
+        return Outcome("infeasible", f"the cost model (corrected ×{s.local:.3f} by the last measurement) finds no "
+                                     f"further cut that saves time within the groups' bounds; the best plan measures "
+                                     f"{s.best_step.latency_ms:.4g} ms > {self.baseline.budget_ms:.4g} ms{hint}", s)
+
+    def only_rejected_plans_left(self, s: LoopState) -> Outcome | None:
+        """The model already came from a step aimed at the budget itself: every smaller step aims there again and
+        plans the same (deterministic) cut that was rolled back."""
+        return self.metric_wall(s) if self.aims_at_budget(s.ratio) else None
+
+    def budget_met(self, s: LoopState) -> Outcome | None:
+        return Outcome("met", "both budgets hold", s) if s.best_step.latency_ms <= self.baseline.budget_ms else None
+
+    def metric_wall(self, s: LoopState) -> Outcome:
+        best = s.best_step
+        return Outcome("infeasible", f"the metric budget breaks before the latency budget holds: the best plan "
+                                     f"measures {best.latency_ms:.4g} ms > {self.baseline.budget_ms:.4g} ms with "
+                                     f"{self.metric_budget.metric}={best.metrics[self.metric_budget.metric]:.4g}", s)
+
+    # -- checkpoints: every step lands on disk, so an interrupted run resumes where it stopped --------------------
+    def checkpoint(self, s: LoopState) -> None:
+        folder = self.work.parent
+        torch.save(s.model.state_dict(), folder / ".checkpoint.pt.tmp")
+        (folder / ".checkpoint.json.tmp").write_text(
+            Checkpoint(run_key=self.key, baseline=self.baseline, state=s).model_dump_json())
+        (folder / ".checkpoint.pt.tmp").replace(folder / CHECKPOINT_WEIGHTS)
+        (folder / ".checkpoint.json.tmp").replace(folder / CHECKPOINT)
+
+    def restore(self) -> LoopState | None:
+        """The state of an interrupted run of these settings (None when there is none): the plan replayed on a
+        freshly traced dense model, the checkpoint's weights loaded into it."""
+        path = self.work.parent / CHECKPOINT
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        if data.get("run_key") != self.key:
+            raise RunFolderError(f"{path.parent} holds an interrupted run of other settings; remove it to start over")
+        graph = self.trace(self.task.build())
+        Plan.model_validate(data["state"]["plan"]).apply_to(graph)
+        graph.model.load_state_dict(torch.load(self.work.parent / CHECKPOINT_WEIGHTS, weights_only=True))
+        graph.model.eval()
+        checkpoint = Checkpoint.model_validate({**data, "state": {**data["state"], "graph": graph}})
+        self.baseline = checkpoint.baseline
+        return checkpoint.state

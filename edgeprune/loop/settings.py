@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,15 +11,13 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.hashing import digest_json
 from edgeprune.core.targets import Target
 from edgeprune.core.task import Task
-from edgeprune.planners.coefficients import Strategy
+from edgeprune.planners import PLANNERS, plans_latency
 from edgeprune.prune.importance import Combine, FlowPolicy
 
 
 class RunFolderError(ValueError):
     """The output folder cannot take this run."""
 
-
-LATENCY_PLANNERS = ("knapsack", "gradient")
 
 
 class TuneSettings(BaseModel):
@@ -36,10 +34,10 @@ class TuneSettings(BaseModel):
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
     seed: int = 0
-    strategy: Strategy | Literal["knapsack"] = Field(
-        "magnitude", description="how per-group coefficients are chosen at each step: uniform magnitude, one global "
-                                 "ranking, grid search on the metric, gradient descent, or a latency knapsack on the "
-                                 "target's measured cost model")
+    strategy: str = Field(
+        "magnitude", description="the planner that chooses each step's channels (a name in edgeprune.planners.PLANNERS): "
+                                 "uniform magnitude, one global ranking, grid search on the metric, gradient descent, "
+                                 "or a latency knapsack on the target's measured cost model")
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
                                                           "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(
@@ -57,7 +55,14 @@ class TuneSettings(BaseModel):
     @property
     def plans_latency(self) -> bool:
         """Whether each step aims at a latency on the target's cost model rather than at a pruning ratio."""
-        return self.strategy in LATENCY_PLANNERS
+        return plans_latency(self.strategy)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, name: str) -> str:
+        if name not in PLANNERS:
+            raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(PLANNERS)}")
+        return name
 
     @field_validator("component_shares")
     @classmethod
@@ -103,9 +108,9 @@ def target_inputs(task: Task, target: Target) -> tuple[torch.Tensor, ...]:
     return tuple(t[torch.arange(target.batch) % t.shape[0]] for t in inputs)
 
 
-def graph_args(settings: TuneSettings, task: Task) -> dict[str, object]:
-    """How a run builds its ComponentGraph: the user's components override the task's."""
-    return {"components": settings.components or task.components, "output_layers": task.output_layers}
+def run_components(settings: TuneSettings, task: Task) -> Mapping[str, Sequence[str]] | None:
+    """The components a run's graph is classified by: the user's override the task's."""
+    return settings.components or task.components
 
 
 def run_key(settings: TuneSettings, target: Target) -> str:

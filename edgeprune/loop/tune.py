@@ -6,11 +6,11 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgeprune.core.manifest import StepRecord
+from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target
 from edgeprune.loop.bundle import existing_run, write_bundle
 from edgeprune.loop.loop import CHECKPOINT, CHECKPOINT_WEIGHTS, Loop
@@ -22,8 +22,7 @@ class TuneResult:
     status: Literal["met", "infeasible"]
     reason: str
     out: Path
-    manifest: dict[str, object]
-    steps: list[StepRecord] = field(default_factory=list)
+    manifest: Manifest
 
 
 def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None,
@@ -40,7 +39,7 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     previous = existing_run(out, key)
     if previous is not None:
         log(f"{out} already holds this run; nothing to do")
-        return TuneResult(previous["status"], previous["reason"], out, previous)  # type: ignore[arg-type]
+        return TuneResult(previous.status, previous.reason, out, previous)
     staging = out.parent / f".{out.name}.partial"
     interrupted = staging / CHECKPOINT
     if interrupted.is_file() and json.loads(interrupted.read_text()).get("run_key") == key:
@@ -67,6 +66,6 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
         if not (staging / CHECKPOINT).is_file():  # nothing worth resuming: leave nothing behind
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    return TuneResult(outcome.status, outcome.reason, out, manifest, loop.steps)
+    return TuneResult(outcome.status, outcome.reason, out, manifest)
 
 

@@ -24,7 +24,7 @@ make a step), added to the layer sum.
 
 from __future__ import annotations
 
-import copy
+import functools
 import json
 import math
 import random
@@ -39,10 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgeprune.artifact.export import export_onnx, to_numpy
-from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.plan import Plan, keep_count, prune_to_counts
 from edgeprune.measure.profile import ORT_FUSED, node_modules
-from edgeprune.prune.graph import component_of
+from edgeprune.prune.graph import ComponentGraph, component_of
+from edgeprune.prune.importance import MagnitudeImportance
+from edgeprune.prune.plan import Plan, cut_to_counts, keep_count
 from edgeprune.runtimes import Runtime
 
 FORMAT = "edgeprune.cost/2"  # /2: residuals from whole-model timings of every cut
@@ -312,17 +312,15 @@ class CostModelBuilder:
     """Measures a cost model; every measurement is appended to ``folder/samples.jsonl`` so a killed build resumes
     where it stopped."""
 
-    def __init__(self, task_name: str, model: nn.Module, inputs: tuple, runtime: Runtime, granule: int,
-                 folder: Path, graph_args: Mapping[str, object], log: Callable[[str], None] = lambda _: None,
-                 repeats: int = 3) -> None:
-        self.task_name, self.model, self.inputs, self.runtime = task_name, model, inputs, runtime
-        self.granule, self.folder, self.graph_args, self.log = granule, folder, dict(graph_args), log
-        self.repeats = repeats
+    def __init__(self, task_name: str, graph: ComponentGraph, inputs: tuple, runtime: Runtime, granule: int,
+                 folder: Path, log: Callable[[str], None] = lambda _: None, repeats: int = 3) -> None:
+        """``graph``: the dense model, traced; it is never pruned (every cut prunes a fork of it)."""
+        self.task_name, self.graph, self.model, self.inputs = task_name, graph, graph.model, inputs
+        self.runtime, self.granule, self.folder, self.log, self.repeats = runtime, granule, folder, log, repeats
         if runtime.source != "onnx":
             raise CostModelError(f"cost models are measured through ONNX; runtime {runtime.name!r} runs "
                                  f"{runtime.source} (not supported yet)")
-        self.graph = ComponentGraph(copy.deepcopy(model), inputs, **self.graph_args)  # type: ignore[arg-type]
-        self.plan = Plan.dense(task_name, self.graph)
+        self.plan = Plan.dense(task_name, graph)
         folder.mkdir(parents=True, exist_ok=True)
         self.journal = folder / "samples.jsonl"
         self.done: dict[str, dict] = {}
@@ -331,8 +329,9 @@ class CostModelBuilder:
                 if line.strip():
                     record = json.loads(line)
                     self.done[record["id"]] = record
-        self.dense_shapes = node_shapes(export_onnx(model, inputs, folder / "dense.onnx"))
-        self.node_modules = node_modules(folder / "dense.onnx")
+        self.dense_onnx = export_onnx(self.model, inputs, folder / "dense.onnx")
+        self.dense_shapes = node_shapes(self.dense_onnx)
+        self.node_modules = node_modules(self.dense_onnx)
 
     def _record(self, record: dict) -> dict:
         self.done[record["id"]] = record
@@ -343,23 +342,31 @@ class CostModelBuilder:
     def pruned(self, counts: Mapping[str, int]) -> nn.Module:
         if not counts:
             return self.model
-        model, _ = prune_to_counts(self.model, self.plan, counts, self.inputs, "joint", "min", **self.graph_args)
-        return model
+        graph = self.graph.fork()  # the dense graph, traced once: every cut prunes a copy of it
+        cut_to_counts(graph, self.plan, counts, MagnitudeImportance("joint", "min"))
+        return graph.model
 
-    def _export(self, counts: Mapping[str, int], name: str) -> Path:
+    @functools.cached_property
+    def dense_built(self) -> Path:
+        return self.runtime.build(self.dense_onnx, self.folder)
+
+    def _export(self, counts: Mapping[str, int], name: str) -> tuple[Path, Path]:
+        """The model cut to ``counts``, exported and built; the dense model was exported once, at the start."""
+        if not counts:
+            return self.dense_onnx, self.dense_built
         path = export_onnx(self.pruned(counts), self.inputs, self.folder / f"{name}.onnx")
-        return self.runtime.build(path, self.folder)
+        return path, self.runtime.build(path, self.folder)
 
     def profile(self, sample_id: str, counts: Mapping[str, int]) -> dict:
         """Per-layer times of the model cut to ``counts`` (median over ``repeats`` fresh profiles: one profile of a
         sub-millisecond layer can be off by 20 % when the machine is busy), with the layers the cut reshaped."""
         if sample_id in self.done:
             return self.done[sample_id]
-        path = self._export(counts, "sample")
+        exported, path = self._export(counts, "sample")
         frames = [self.runtime.profile(path, to_numpy(self.inputs)) for _ in range(self.repeats)]
         latency_ms = self.runtime.latency(path, to_numpy(self.inputs)).median_ms
         times = pd.concat(frames).groupby("layer", sort=False)["time_ms"].median().astype(float).to_dict()
-        shapes = node_shapes(self.folder / "sample.onnx")
+        shapes = node_shapes(exported)
         changed = sorted(row.layer for row in frames[0].itertuples()
                          if any(shapes.get(n, ()) != self.dense_shapes.get(n, ()) for n in covered_nodes(row)))
         # runtime-inserted layers (no ONNX node) are timed but never rescaled
@@ -374,7 +381,7 @@ class CostModelBuilder:
     def latency(self, sample_id: str, counts: Mapping[str, int]) -> dict:
         if sample_id in self.done:
             return self.done[sample_id]
-        latency = self.runtime.latency(self._export(counts, "calibration"), to_numpy(self.inputs))
+        latency = self.runtime.latency(self._export(counts, "calibration")[1], to_numpy(self.inputs))
         return self._record({"id": sample_id, "counts": dict(counts), "latency_ms": latency.median_ms})
 
     def build(self, stride: int = 1, groups: list[str] | None = None, calibration_plans: int = 6,

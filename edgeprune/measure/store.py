@@ -7,7 +7,6 @@ renamed, so a killed run never leaves a half-written profile that a later run wo
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -19,16 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from edgeprune.measure.cost import CostModel, CostModelBuilder
-from edgeprune.artifact.export import build_artifact, to_numpy
+from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
 from edgeprune.core.hashing import state_dict_hash
-from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.plan import keep_count
-from edgeprune.measure.profile import attribute, load_profile, save_profile
-from edgeprune.runtimes import Runtime
 from edgeprune.core.targets import Target
 from edgeprune.core.task import Task
 from edgeprune.devices.probe import cpu_model
+from edgeprune.measure.cost import CostModel, CostModelBuilder
+from edgeprune.measure.profile import attribute, load_profile, save_profile
+from edgeprune.prune.graph import ComponentGraph
+from edgeprune.prune.plan import keep_count
+from edgeprune.runtimes import Runtime
 
 
 def default_root() -> Path:
@@ -133,23 +132,25 @@ def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | No
     return table.sort_values("layers_ms", ascending=False, ignore_index=True) if rows else table
 
 
-def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, graph_args: dict[str, object],
+def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, graph: ComponentGraph,
                  store: ProfileStore, *, refresh: bool = False, cost_model: bool = False, stride: int = 1,
-                 work: Path | None = None, log: Callable[[str], None] = lambda _: None) -> ProfileResult:
+                 work: Path | None = None, artifact: Artifact | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> ProfileResult:
     """Profile the task's dense model on the target (or reuse the stored profile with the same key); optionally
-    build (or reuse) its cost model. ``work`` holds exports and the cost model's journal until both are stored,
-    so a killed cost-model build resumes where it stopped."""
-    model = task.build()
+    build (or reuse) its cost model. ``graph`` is the task's dense model, traced (by the caller, once; nothing here
+    prunes it); ``artifact``, when given, is that model already exported and built (the loop's), profiled as it
+    is. ``work`` holds exports and the cost model's journal until both are stored, so a killed cost-model
+    build resumes where it stopped."""
+    model = graph.model
     facts = measurement_facts(task, target, runtime, state_dict_hash(model), inputs)
     key = profile_key(facts)
     work = work or store.root / task.name / f".{target.name}-{key}.work"
     work.mkdir(parents=True, exist_ok=True)
-    graph = ComponentGraph(copy.deepcopy(model), inputs, **graph_args)  # type: ignore[arg-type]
     frame = None if refresh else store.load_profile(task.name, target.name, key)
     reused = frame is not None
     if frame is None:
         log("exporting and profiling the dense model")
-        artifact = build_artifact(model, inputs, runtime, work, "dense", target.precision)
+        artifact = artifact or build_artifact(model, inputs, runtime, work, "dense", target.precision)
         frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
                           artifact.exported if runtime.source == "onnx" else None, graph.components,
                           {**facts, **device_provenance(runtime)})
@@ -158,7 +159,7 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
     cost_reused = cost is not None
     if cost_model and cost is None:
         log("building the cost model: one profile per group and keep count")
-        builder = CostModelBuilder(task.name, model, inputs, runtime, target.granule, work / "cost", graph_args, log)
+        builder = CostModelBuilder(task.name, graph, inputs, runtime, target.granule, work / "cost", log)
         cost = builder.build(stride=stride)
         cost = cost.model_copy(update={"provenance": {**facts, **cost.provenance}})
         store.save_cost(cost, task.name, target.name, key)

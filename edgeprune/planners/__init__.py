@@ -1,1 +1,24 @@
-"""Planners: given a step's context and target, propose which channels go."""
+"""Planners: given a step's context and target, propose which channels go. Each planner is one module that
+registers itself; adding one is a file here and its import line below (the order is the order ``--help`` lists)."""
+
+# isort: off
+from edgeprune.planners import uniform, global_rank, grid, gradient, knapsack  # noqa: F401  (each registers itself)
+# isort: on
+from edgeprune.planners.base import (
+                                     PLANNERS,
+                                     LatencyTarget,
+                                     Planner,
+                                     PlannerError,
+                                     Proposal,
+                                     SparsityTarget,
+                                     StepContext,
+                                     StepTarget,
+                                     get_planner,
+                                     plans_latency,
+)
+from edgeprune.planners.gradient import GradientSettings
+from edgeprune.planners.grid import GridSettings
+from edgeprune.planners.space import policy_sparsity
+
+__all__ = ["PLANNERS", "GradientSettings", "GridSettings", "LatencyTarget", "Planner", "PlannerError", "Proposal",
+           "SparsityTarget", "StepContext", "StepTarget", "get_planner", "plans_latency", "policy_sparsity"]

@@ -8,6 +8,7 @@ consumers those whose input channels it removes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,6 @@ from typing import Literal
 import torch
 import torch_pruning as tp
 from torch import nn
-
 
 
 def component_of(module: str, components: dict[str, list[str]]) -> str:
@@ -142,6 +142,16 @@ class ComponentGraph:
             producers=tuple(sorted(producers)),
             consumers=tuple(sorted(consumers)),
         )
+
+    def fork(self) -> ComponentGraph:
+        """An independent copy of this graph and its model, without tracing again: what a planner prunes while the
+        graph it was given stays as it is. The copy shares what is not the model's: the trace's autograd nodes and
+        Torch-Pruning's module of ops (neither copyable, neither used after tracing) and its stateless pruners
+        (importance criteria recognise a dependency's handler by the pruner it is bound to)."""
+        shared: list[object] = [self.dg.ops, *self.dg.REGISTERED_PRUNERS.values(), *self.dg.CUSTOMIZED_PRUNERS.values(),
+                                *(node.grad_fn for node in self.dg.module2node.values())]
+        memo: dict[int, object] = {id(x): x for x in shared}
+        return copy.deepcopy(self, memo)
 
     def pruning_group(self, key: str) -> tp.dependency.Group:
         """The Torch-Pruning group of ``key`` with every channel, for scoring."""

@@ -12,7 +12,7 @@ measured sensitivity of that loss to zeroing each channel (:func:`mask_sensitivi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch_pruning as tp
@@ -62,6 +62,13 @@ def combine(per_component: Mapping[str, torch.Tensor], how: Combine = "min",
 
 
 FlowPolicy = Literal["protect", "joint", "owner"]
+FLOW_POLICIES: tuple[str, ...] = get_args(FlowPolicy)
+
+
+def cuttable(kind: str, flow_policy: FlowPolicy) -> bool:
+    """Whether a group of ``kind`` ("intra" or "flow") may lose channels under ``flow_policy``: every group but a
+    flow (an interface between components) under ``protect``."""
+    return not (kind == "flow" and flow_policy == "protect")
 
 
 def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joint", how: Combine = "min") -> torch.Tensor:
@@ -117,3 +124,72 @@ def application_scores(graph: ComponentGraph, key: str, sensitivity: torch.Tenso
     if sensitivity is None or weight == 0.0:
         return magnitude
     return (1.0 - weight) * magnitude + weight * normalised(sensitivity)
+
+
+# -- importance objects: configured once per run, called on groups of a step's graph ---------------------------------
+class Importance(Protocol):
+    """Per-channel scores of groups of a graph (higher: more important), as Torch-Pruning's importance classes are
+    callables on a group. ``description`` says what the scores are made of (reports); ``notes`` what was missing."""
+
+    description: str
+    notes: tuple[str, ...]
+
+    def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]: ...
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor: ...
+
+
+class MagnitudeImportance:
+    """L2 magnitude (:func:`group_scores`): a flow group's components combined by the flow policy."""
+
+    def __init__(self, flow_policy: FlowPolicy = "protect", how: Combine = "min") -> None:
+        self.flow_policy, self.how = flow_policy, how
+        self.description = "magnitude"
+        self.notes: tuple[str, ...] = ()
+
+    def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]:
+        return {key: self(graph, key) for key in keys}
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        return group_scores(graph, key, self.flow_policy, self.how)
+
+
+class ApplicationImportance:
+    """Magnitude mixed with the task loss's measured sensitivity (:func:`application_scores`); a task without a
+    differentiable loss falls back to magnitude alone, and says so in ``notes``.
+
+    Sensitivity is measured over ``n_batches`` batches of the stream given to :meth:`scores` (a step's seeded
+    stream, which a planner may go on drawing from), for all asked groups in one pass.
+    """
+
+    def __init__(self, task_name: str, loss: Callable[[nn.Module, object], torch.Tensor] | None,
+                 batches: Callable[[int], Iterator[object]] | None, flow_policy: FlowPolicy = "protect",
+                 how: Combine = "min", n_batches: int = 8, weight: float = 0.5, seed: int = 0) -> None:
+        self.loss = loss if batches is not None else None
+        self.batches, self.seed = batches, seed
+        self.flow_policy, self.how, self.n_batches, self.weight = flow_policy, how, n_batches, weight
+        if self.loss is None:
+            self.description = "magnitude"
+            self.notes: tuple[str, ...] = (f"task {task_name!r} has no loss/batches: channels ranked by magnitude alone",)
+        else:
+            self.description = f"magnitude + loss sensitivity (weight {weight:g}, {n_batches} batches)"
+            self.notes = ()
+
+    def stream(self) -> Iterator[object] | None:
+        """The task's seeded batch stream (None without a loss)."""
+        return self.batches(self.seed) if self.loss is not None and self.batches is not None else None
+
+    def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]:
+        sensitivity: dict[str, torch.Tensor] = {}
+        if self.loss is not None:
+            stream = batches if batches is not None else self.stream()
+            assert stream is not None
+            sensitivity = mask_sensitivity(graph, list(keys), self.loss, stream, self.n_batches)
+        return {key: application_scores(graph, key, sensitivity.get(key), self.flow_policy, self.how, self.weight)
+                for key in keys}
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        return self.scores(graph, [key])[key]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.importance import Combine, FlowPolicy, group_scores
+from edgeprune.prune.importance import Combine, FlowPolicy, MagnitudeImportance, cuttable
 
 FORMAT = "edgeprune.plan/1"
 
@@ -90,9 +90,15 @@ class Plan(BaseModel):
         except (OSError, ValueError) as exc:
             raise PlanError(f"cannot read plan {path}: {str(exc).splitlines()[0]}") from exc
 
-    def apply(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], **graph_args: object) -> nn.Module:
-        """Prune a dense ``model`` in place to this plan and return it."""
-        graph = ComponentGraph(model, example_inputs, **graph_args)  # type: ignore[arg-type]
+    def apply(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...],
+              components: Mapping[str, Sequence[str]] | None = None, output_layers: Sequence[str] = ()) -> nn.Module:
+        """Prune a dense ``model`` in place to this plan (tracing it: the graph arguments are ComponentGraph's) and
+        return it."""
+        self.apply_to(ComponentGraph(model, example_inputs, components, output_layers))
+        return model
+
+    def apply_to(self, graph: ComponentGraph) -> None:
+        """Prune a traced dense model (``graph.model``) in place to this plan."""
         for key, group in self.pruned_groups.items():
             if key not in graph.groups:
                 raise PlanError(f"plan group {key!r} is not a prunable group of this model")
@@ -100,7 +106,6 @@ class Plan(BaseModel):
                 raise PlanError(f"plan group {key!r} has width {group.width}, the model's has {graph.groups[key].width}")
             keep = set(group.keep)
             graph.prune(key, [i for i in range(group.width) if i not in keep])
-        return model
 
 
 def keep_count(width: int, ratio: float, granule: int) -> int:
@@ -114,52 +119,27 @@ def keep_count(width: int, ratio: float, granule: int) -> int:
     return int(min(width, max(granule, kept)))
 
 
-def prune_uniform(
-    model: nn.Module,
-    plan: Plan,
-    ratio: float,
-    example_inputs: tuple[torch.Tensor, ...],
-    granule: int,
-    flow_policy: FlowPolicy = "protect",
-    component_ratios: Mapping[str, float] | None = None,
-    flow_combine: Combine = "min",
-    **graph_args: object,
-) -> tuple[nn.Module, Plan]:
-    """Prune a copy of ``model`` (described by ``plan``) so every prunable group keeps
-    ``keep_count(dense width, ratio, granule)`` channels, dropping the least important ones.
-
-    Under ``protect``, flow groups (interfaces between components) keep their width; under ``joint`` or
-    ``owner`` they are cut once, consistently in every component that touches them (``joint`` combines the
-    components' normalised importance by ``flow_combine``: ``min`` or ``mean``). ``component_ratios`` caps
-    the ratio per component (a per-component budget); a flow group takes the smallest cap of its components.
-    """
+def uniform_counts(plan: Plan, ratio: float, granule: int, flow_policy: FlowPolicy = "protect",
+                   component_ratios: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Keep counts that remove ``ratio`` of every group the flow policy lets go (``keep_count`` at the granule);
+    ``component_ratios`` caps the ratio per component (a flow group takes the smallest cap of its components)."""
     caps = dict(component_ratios or {})
     components = {c for g in plan.groups.values() for c in g.components}
     unknown = set(caps) - components
     if unknown:
         raise PlanError(f"per-component ratios name unknown components (or ones with no prunable group): {', '.join(sorted(unknown))}")
-    counts = {
+    return {
         key: keep_count(group.width, min([ratio, *(caps[c] for c in group.components if c in caps)]), granule)
         for key, group in plan.groups.items()
-        if not (group.kind == "flow" and flow_policy == "protect")
+        if cuttable(group.kind, flow_policy)
     }
-    return prune_to_counts(model, plan, counts, example_inputs, flow_policy, flow_combine, **graph_args)
 
 
-def prune_to_counts(
-    model: nn.Module,
-    plan: Plan,
-    counts: Mapping[str, int],
-    example_inputs: tuple[torch.Tensor, ...],
-    flow_policy: FlowPolicy = "protect",
-    flow_combine: Combine = "min",
-    **graph_args: object,
-) -> tuple[nn.Module, Plan]:
-    """Prune a copy of ``model`` (described by ``plan``) so group ``key`` keeps ``counts[key]`` channels, its most
-    important ones by :func:`group_scores`; a count at or above a group's current width leaves it alone.
-    """
-    model = copy.deepcopy(model)
-    graph = ComponentGraph(model, example_inputs, **graph_args)  # type: ignore[arg-type]
+def cut_to_counts(graph: ComponentGraph, plan: Plan, counts: Mapping[str, int],
+                  scores: Callable[[ComponentGraph, str], torch.Tensor]) -> Plan:
+    """Prune ``graph.model`` in place so group ``key`` keeps ``counts[key]`` channels, its highest-``scores`` ones,
+    and return ``plan`` (which describes the graph's model) narrowed alike; a count at or above a group's current
+    width leaves it alone."""
     unknown = set(counts) - set(graph.groups)
     if unknown:
         raise PlanError(f"counts name groups this model does not have: {', '.join(sorted(unknown))}")
@@ -169,8 +149,48 @@ def prune_to_counts(
             continue
         if keep < 1:
             raise PlanError(f"group {key!r}: cannot keep {keep} channels")
-        positions = sorted(torch.topk(group_scores(graph, key, flow_policy, flow_combine), keep).indices.tolist())
+        positions = sorted(torch.topk(scores(graph, key), keep).indices.tolist())
         kept = set(positions)
         graph.prune(key, [i for i in range(info.width) if i not in kept])
         plan = plan.narrow(key, positions)
-    return model, plan
+    return plan
+
+
+def prune_uniform(
+    model: nn.Module,
+    plan: Plan,
+    ratio: float,
+    example_inputs: tuple[torch.Tensor, ...],
+    granule: int,
+    flow_policy: FlowPolicy = "protect",
+    component_ratios: Mapping[str, float] | None = None,
+    flow_combine: Combine = "min",
+    components: Mapping[str, Sequence[str]] | None = None,
+    output_layers: Sequence[str] = (),
+) -> tuple[nn.Module, Plan]:
+    """Prune a copy of ``model`` (described by ``plan``) so every prunable group keeps
+    ``keep_count(dense width, ratio, granule)`` channels, dropping the lowest-magnitude ones (traces the copy: for
+    scripts and benches; the loop's uniform planner cuts its step's graph instead).
+
+    Under ``protect``, flow groups (interfaces between components) keep their width; under ``joint`` or
+    ``owner`` they are cut once, consistently in every component that touches them (``joint`` combines the
+    components' normalised importance by ``flow_combine``: ``min`` or ``mean``). ``component_ratios`` caps
+    the ratio per component (a per-component budget); a flow group takes the smallest cap of its components.
+    """
+    counts = uniform_counts(plan, ratio, granule, flow_policy, component_ratios)
+    return prune_to_counts(model, plan, counts, example_inputs, flow_policy, flow_combine, components, output_layers)
+
+
+def prune_to_counts(
+    model: nn.Module,
+    plan: Plan,
+    counts: Mapping[str, int],
+    example_inputs: tuple[torch.Tensor, ...],
+    flow_policy: FlowPolicy = "protect",
+    flow_combine: Combine = "min",
+    components: Mapping[str, Sequence[str]] | None = None,
+    output_layers: Sequence[str] = (),
+) -> tuple[nn.Module, Plan]:
+    """Prune a traced copy of ``model`` (described by ``plan``) to ``counts`` by magnitude (:func:`cut_to_counts`)."""
+    graph = ComponentGraph(copy.deepcopy(model), example_inputs, components, output_layers)
+    return graph.model, cut_to_counts(graph, plan, counts, MagnitudeImportance(flow_policy, flow_combine))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,9 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from edgeprune.core.budgets import MetricBudget
+from edgeprune.core.manifest import GraphRecord, Manifest
 from edgeprune.measure.profile import load_profile
+from edgeprune.prune.plan import Plan
 
 if TYPE_CHECKING:  # the cost model and figures pull in torch and matplotlib: imported where a report is drawn
     from edgeprune.measure.cost import CostModel
@@ -37,7 +38,6 @@ FLOW_POLICIES = {
              "normalised importance combined (min or mean, see the manifest's settings).",
     "owner": "Flow policy `owner`: they are pruned in every component, on the producing component's importance.",
 }
-MANIFEST = "manifest.json"
 FIGURES = "figures"
 SCREENSHOT = "report-screenshot.png"
 #: groups drawn in the staircase figure (those whose predicted latency spans most)
@@ -85,39 +85,37 @@ def _fmt_latency(latency: dict | None) -> str:
     return f"{fmt_ms(latency['median_ms'])} (±{100 * latency['spread'] / 2:.1f} %)"
 
 
-def comparison_rows(manifest: dict) -> list[tuple[str, str, str]]:
+def comparison_rows(manifest: Manifest) -> list[tuple[str, str, str]]:
     """(quantity, dense, pruned) rows shared by the report and the CLI's closing table."""
-    dense, pruned, metric = manifest["dense"], manifest["pruned"], manifest["task"]["metric"]
-    speedup = dense["latency"]["median_ms"] / pruned["latency"]["median_ms"] if pruned["latency"] else float("nan")
+    dense, pruned, metric = manifest.dense, manifest.pruned, manifest.task.metric
+    speedup = dense.latency_ms / pruned.latency_ms if pruned.latency else float("nan")
     return [
-        ("latency (measured, median)", _fmt_latency(dense["latency"]), _fmt_latency(pruned["latency"]) + f" — {speedup:.2f}× faster"),
-        (metric, fmt(dense["metrics"][metric]), fmt(pruned["metrics"][metric])),
-        ("parameters", f"{dense['params']:,}", f"{pruned['params']:,} ({pruned['params'] / dense['params']:.1%})"),
-        ("MACs per input sample (Torch-Pruning count)", f"{dense['macs']:,}", f"{pruned['macs']:,} ({pruned['macs'] / dense['macs']:.1%})"),
-        ("channel sparsity", "0", f"{pruned['channel_sparsity']:.1%}"),
+        ("latency (measured, median)", _fmt_latency(dense.latency), _fmt_latency(pruned.latency) + f" — {speedup:.2f}× faster"),
+        (metric, fmt(dense.metrics[metric]), fmt(pruned.metrics[metric])),
+        ("parameters", f"{dense.params:,}", f"{pruned.params:,} ({pruned.params / dense.params:.1%})"),
+        ("MACs per input sample (Torch-Pruning count)", f"{dense.macs:,}", f"{pruned.macs:,} ({pruned.macs / dense.macs:.1%})"),
+        ("channel sparsity", "0", f"{pruned.channel_sparsity:.1%}"),
     ]
 
 
-def budget_rows(manifest: dict) -> list[list[str]]:
+def budget_rows(manifest: Manifest) -> list[list[str]]:
     """(budget, asked, threshold, achieved, holds) for the latency and the metric budget, each verdict with the
     comparison that decides it."""
-    budgets, metric, pruned = manifest["budgets"], manifest["task"]["metric"], manifest["pruned"]
-    lat, met = budgets["latency"], budgets["metric"]
-    value, op = pruned["metrics"][metric], MetricBudget.parse(met["expression"]).op
-    achieved_ms = pruned["latency"]["median_ms"] if pruned["latency"] else float("nan")
+    lat, met, metric, pruned = manifest.budgets.latency, manifest.budgets.metric, manifest.task.metric, manifest.pruned
+    value, op = pruned.metrics[metric], MetricBudget.parse(met.expression).op
     return [
-        ["latency", lat["expression"], fmt_ms(lat["threshold_ms"]), _fmt_latency(pruned["latency"]),
-         f"{check(lat['holds'])} {fmt(achieved_ms)} {'≤' if lat['holds'] else '>'} {fmt(lat['threshold_ms'])} ms"],
-        [metric, met["expression"], fmt(met["threshold"]), fmt(value),
-         f"{check(met['holds'])} {fmt(value)} {op if met['holds'] else 'not ' + op} {fmt(met['threshold'])}"],
+        ["latency", lat.expression, fmt_ms(lat.threshold_ms), _fmt_latency(pruned.latency),
+         f"{check(lat.holds)} {fmt(pruned.latency_ms)} {'≤' if lat.holds else '>'} {fmt(lat.threshold_ms)} ms"],
+        [metric, met.expression, fmt(met.threshold), fmt(value),
+         f"{check(met.holds)} {fmt(value)} {op if met.holds else 'not ' + op} {fmt(met.threshold)}"],
     ]
 
 
-def step_counts(manifest: dict) -> str:
+def step_counts(manifest: Manifest) -> str:
     """One line: how many steps, accepted, rolled back and measured."""
-    steps = manifest["steps"][1:]  # the first is the dense model
-    accepted = sum(s["status"] == "accepted" for s in steps)
-    measured = sum(1 for s in manifest["steps"] if s["latency"] is not None)
+    steps = manifest.steps[1:]  # the first is the dense model
+    accepted = sum(s.status == "accepted" for s in steps)
+    measured = sum(1 for s in manifest.steps if s.latency is not None)
     return (f"{len(steps)} pruning steps after the dense model: {accepted} accepted, {len(steps) - accepted} rolled "
             f"back; {measured} latency measurements (dense included).")
 
@@ -249,26 +247,26 @@ def staging(folder: Path) -> Iterator[Path]:
 
 
 # -- the run report's pieces -----------------------------------------------------------------------------------
-def steps_frame(manifest: dict) -> pd.DataFrame:
+def steps_frame(manifest: Manifest) -> pd.DataFrame:
     """One row per step: index, status, metric, measured latency (NaN where not measured), whether final."""
-    metric, final = manifest["task"]["metric"], manifest["pruned"]["index"]
+    metric, final = manifest.task.metric, manifest.pruned.index
     return pd.DataFrame([{
-        "index": s["index"], "status": s["status"], "metric": s["metrics"].get(metric, float("nan")),
-        "latency_ms": s["latency"]["median_ms"] if s["latency"] else float("nan"), "final": s["index"] == final,
-    } for s in manifest["steps"]])
+        "index": s.index, "status": s.status, "metric": s.metrics.get(metric, float("nan")),
+        "latency_ms": s.latency_ms, "final": s.index == final,
+    } for s in manifest.steps])
 
 
-def component_frame(plan: dict, dense: pd.DataFrame, pruned: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
+def component_frame(plan: Plan, dense: pd.DataFrame, pruned: pd.DataFrame, order: Sequence[str] = ()) -> pd.DataFrame:
     """Per component (in ``order``, then the rest): intra groups' dense and kept channels, profiled time dense and
     pruned. Flow groups cross components, so their channels form a row of their own; profile rows no module
     claims form ``(unattributed)``."""
     rows: dict[str, Counter] = {name: Counter() for name in order}
-    for group in plan["groups"].values():
-        name = group["components"][0] if group["kind"] == "intra" else "flow groups (interfaces)"
+    for group in plan.groups.values():
+        name = group.components[0] if group.kind == "intra" else "flow groups (interfaces)"
         row = rows.setdefault(name, Counter())
         row["groups"] += 1
-        row["dense_channels"] += group["width"]
-        row["kept_channels"] += len(group["keep"])
+        row["dense_channels"] += group.width
+        row["kept_channels"] += len(group.keep)
     times = {label: frame.assign(component=frame["component"].replace("", UNATTRIBUTED))
              .groupby("component")["time_ms"].sum() for label, frame in (("dense_ms", dense), ("pruned_ms", pruned))}
     for label, series in times.items():
@@ -300,7 +298,7 @@ def slowest_layers(dense: pd.DataFrame, pruned: pd.DataFrame, top: int = SLOWEST
     return picked.drop(columns="slowest").rename_axis("layer").reset_index()
 
 
-def find_cost_model(manifest: dict, store: Path | None = None) -> tuple[CostModel | None, str]:
+def find_cost_model(manifest: Manifest, store: Path | None = None) -> tuple[CostModel | None, str]:
     """The cost model to draw and a sentence on where it comes from — or None and a sentence on why there is none.
 
     A knapsack run's own cost model (recalibrated as the run left it); otherwise a cost model stored for the same
@@ -310,36 +308,35 @@ def find_cost_model(manifest: dict, store: Path | None = None) -> tuple[CostMode
     from edgeprune.measure.cost import CostModel, CostModelError
     from edgeprune.measure.store import default_root
 
-    own = manifest.get("cost_model")
+    own = manifest.cost_model
     if own:
-        path = Path(own["path"])
+        path = Path(own.path)
         try:
             cost = CostModel.load(path)
         except CostModelError:
             return None, f"No staircase: this run planned on the cost model `{path}`, which can no longer be read."
-        points = [tuple(p) for p in own["calibration"]["points"]]
+        points = [tuple(p) for p in own.calibration.points]
         return cost.calibrated(points), (f"The cost model this run planned on (`{path}`), calibrated as the run left "
                                          f"it on {len(points)} whole-model measurement{'s' * (len(points) != 1)}.")
     root = store or default_root()
-    task, digest = manifest["task"], manifest["target"]["digest"]
-    for path in sorted((root / task["name"]).glob(f"{manifest['target']['name']}-*.cost.json")):
+    task, digest, settings = manifest.task, manifest.target_digest, manifest.settings
+    for path in sorted((root / task.name).glob(f"{manifest.target.name}-*.cost.json")):
         try:
             cost = CostModel.load(path)
         except CostModelError:
             continue
         facts = cost.provenance
-        if facts.get("model_hash") == task["dense_weights_sha256"] and facts.get("target_digest") == digest:
-            return cost, (f"This run (strategy {manifest['settings'].get('strategy', 'magnitude')}) planned without a "
+        if facts.get("model_hash") == task.dense_weights_sha256 and facts.get("target_digest") == digest:
+            return cost, (f"This run (strategy {settings.get('strategy', 'magnitude')}) planned without a "
                           f"cost model; shown is the one stored for the same dense weights and target, `{path}` "
                           f"(its own calibration).")
-    settings = manifest["settings"]
     return None, (f"No staircase: this run (strategy {settings.get('strategy', 'magnitude')}) planned without a "
                   f"cost model, and none is stored for its dense weights and target under `{root}`. "
                   f"`edgeprune profile --task {settings['task']} --target {settings['target']} --cost-model` "
                   f"measures one; `edgeprune report` then draws it.")
 
 
-def staircases(cost: CostModel, plan: dict, top: int = STAIRCASE_GROUPS) -> list[Staircase]:
+def staircases(cost: CostModel, plan: Plan, top: int = STAIRCASE_GROUPS) -> list[Staircase]:
     """The ``top`` groups whose predicted latency spans most, each as a :class:`~edgeprune.report.figures.Staircase`."""
     from edgeprune.report.figures import Staircase
 
@@ -348,9 +345,9 @@ def staircases(cost: CostModel, plan: dict, top: int = STAIRCASE_GROUPS) -> list
         if len(lut.kept) < 2:
             continue  # never cut (no wider than a granule)
         kept = list(range(lut.kept[0], lut.width + 1))
-        group = plan["groups"].get(key)
+        group = plan.groups.get(key)
         curves.append(Staircase(key, kept, [cost.predict_ms({key: k}) for k in kept], cost.staircase(key),
-                                len(group["keep"]) if group else None))
+                                len(group.keep) if group else None))
     return sorted(curves, key=lambda c: max(c.ms) - min(c.ms), reverse=True)[:top]
 
 
@@ -359,61 +356,58 @@ def _ms_and_share(ms: float, total: float) -> tuple[str, str]:
     return ("—", "—") if pd.isna(ms) else (fmt(ms), fmt_share(ms / total))
 
 
-def _provenance_rows(manifest: dict, dense: pd.DataFrame, pruned: pd.DataFrame,
+def _provenance_rows(manifest: Manifest, dense: pd.DataFrame, pruned: pd.DataFrame,
                      cost: CostModel | None) -> list[list[str]]:
-    target = manifest["target"]
-    power = target.get("power") or {}
-    rows = [[k, str(v)] for k, v in manifest["versions"].items()]
+    target = manifest.target
+    power = target.power.model_dump()
+    rows = [[k, str(v)] for k, v in manifest.versions.items()]
     rows += [
-        ["target", (f"{target['name']} (digest {target['digest']}): runtime {target['runtime']}, device "
-                   f"{target['device']}, precision {target['precision']}, granule {target['granule']}, batch "
-                   f"{target.get('batch') or 'as the task gives'}")],
-        ["measurement", ", ".join(f"{k} {v}" for k, v in target["measure"].items())],
+        ["target", (f"{target.name} (digest {manifest.target_digest}): runtime {target.runtime}, device "
+                   f"{target.device}, precision {target.precision}, granule {target.granule}, batch "
+                   f"{target.batch or 'as the task gives'}")],
+        ["measurement", ", ".join(f"{k} {v}" for k, v in target.measure.model_dump().items())],
     ]
     if any(v not in (None, False) for v in power.values()):
         rows.append(["power mode", ", ".join(f"{k} {v}" for k, v in power.items() if v not in (None, False))])
-    for key, value in (manifest.get("device") or {}).items():
-        rows.append([f"device: {key}", str(value)])
     if cost is not None:
         facts = cost.provenance
         rows += [[f"host: {k}", str(facts[k])] for k in ("host_cpu", "cpu_count") if k in facts]
     rows += [
-        ["run created", manifest["created"]], ["wall time", f"{manifest['wall_s']} s"],
+        ["run created", manifest.created], ["wall time", f"{manifest.wall_s} s"],
         ["dense profile", f"{dense.attrs.get('date', '—')}, model {dense.attrs.get('model_hash', '—')}"],
         ["pruned profile", f"{pruned.attrs.get('date', '—')}, model {pruned.attrs.get('model_hash', '—')}"],
-        ["run key", manifest["run_key"]],
-        ["dense weights sha256", manifest["task"]["dense_weights_sha256"]],
-        ["plan digest", manifest["pruned"]["plan_digest"]],
+        ["run key", manifest.run_key],
+        ["dense weights sha256", manifest.task.dense_weights_sha256],
+        ["plan digest", manifest.pruned.plan_digest],
     ]
-    rows += [[f"sha256 {name}", digest] for name, digest in (manifest.get("files") or {}).items()
-             if not name.startswith("report")]
+    rows += [[f"sha256 {name}", digest] for name, digest in manifest.files.items() if not name.startswith("report")]
     return rows
 
 
-def _not_pruned(page: Page, graph: dict) -> None:
+def _not_pruned(page: Page, graph: GraphRecord) -> None:
     """Layers no group prunes, and Torch-Pruning's own warnings: never left silent."""
-    if graph["not_pruned"]:
+    if graph.not_pruned:
         page.heading("Layers no group prunes", 3)
-        page.table(["layer", "why"], [[k, v] for k, v in graph["not_pruned"].items()])
-    if graph["torch_pruning_notes"]:
+        page.table(["layer", "why"], [[k, v] for k, v in graph.not_pruned.items()])
+    if graph.torch_pruning_notes:
         page.heading("Torch-Pruning warnings", 3)
-        page.text("\n".join(f"- {n}" for n in graph["torch_pruning_notes"]))
+        page.text("\n".join(f"- {n}" for n in graph.torch_pruning_notes))
 
 
-def build_report(folder: Path, manifest: dict, figures: Path, store: Path | None = None) -> Page:
+def build_report(folder: Path, manifest: Manifest, figures: Path, store: Path | None = None) -> Page:
     """The report of the run in ``folder`` as a :class:`Page`, its figures drawn into ``figures``."""
     from edgeprune.report.figures import components_figure, layers_figure, staircase_figure, steps_figure
 
-    budgets, metric, target = manifest["budgets"], manifest["task"]["metric"], manifest["target"]
-    plan = json.loads((folder / "plan.json").read_text())
+    budgets, metric, target = manifest.budgets, manifest.task.metric, manifest.target
+    plan = Plan.load(folder / "plan.json")
     dense_profile, pruned_profile = load_profile(folder / "profile-dense.csv"), load_profile(folder / "profile.csv")
-    name = f"{manifest['task']['name']} on {target['name']}"
-    page = Page(f"edgeprune: {name} — {manifest['status']}")
-    if manifest["status"] == "met":
-        page.text(manifest["reason"][0].upper() + manifest["reason"][1:] + ".")
+    name = f"{manifest.task.name} on {target.name}"
+    page = Page(f"edgeprune: {name} — {manifest.status}")
+    if manifest.status == "met":
+        page.text(manifest.reason[0].upper() + manifest.reason[1:] + ".")
     else:
-        page.text(f"**Infeasible:** {manifest['reason']}. The bundle holds the best plan found (step "
-                  f"{manifest['pruned']['index']}); the steps below show where each budget gave way.", callout=True)
+        page.text(f"**Infeasible:** {manifest.reason}. The bundle holds the best plan found (step "
+                  f"{manifest.pruned.index}); the steps below show where each budget gave way.", callout=True)
 
     page.heading("Budgets")
     page.table(["budget", "asked", "threshold", "achieved", "holds"], budget_rows(manifest))
@@ -423,19 +417,18 @@ def build_report(folder: Path, manifest: dict, figures: Path, store: Path | None
     page.heading("Steps")
     page.text(step_counts(manifest))
     page.table(["step", "ratio", "status", metric, "latency", "MACs", "search", "note"], [
-        [s["index"], f"{s['ratio']:.3g}", s["status"], fmt(s["metrics"][metric]) if metric in s["metrics"] else "—",
-         _fmt_latency(s["latency"]), f"{s['macs']:,}" if s["macs"] else "—", _fmt_search(s.get("search") or {}),
-         s["note"]]
-        for s in manifest["steps"]
+        [s.index, f"{s.ratio:.3g}", s.status, fmt(s.metrics[metric]) if metric in s.metrics else "—",
+         _fmt_latency(s.latency), f"{s.macs:,}" if s.macs else "—", _fmt_search(s.search), s.note]
+        for s in manifest.steps
     ])
-    higher = MetricBudget.parse(budgets["metric"]["expression"]).op.startswith(">")
-    page.figure(steps_figure(steps_frame(manifest), metric, budgets["latency"]["threshold_ms"],
-                             budgets["metric"]["threshold"], higher, figures / "steps.png", name),
+    higher = MetricBudget.parse(budgets.metric.expression).op.startswith(">")
+    page.figure(steps_figure(steps_frame(manifest), metric, budgets.latency.threshold_ms,
+                             budgets.metric.threshold, higher, figures / "steps.png", name),
                 f"{metric} against measured latency over the loop's steps; rolled-back steps (✗) appear on the "
                 "left only when they were measured (a latency planner's step that measured no faster)")
 
-    page.heading(f"Latency by component ({target['runtime']} profile, per inference) and sparsity")
-    components = component_frame(plan, dense_profile, pruned_profile, list(manifest["graph"]["components"]))
+    page.heading(f"Latency by component ({target.runtime} profile, per inference) and sparsity")
+    components = component_frame(plan, dense_profile, pruned_profile, list(manifest.graph.components))
     dense_total, pruned_total = components["dense_ms"].sum(), components["pruned_ms"].sum()
     page.table(["component", "groups", "channels", "kept", "sparsity", "dense ms", "dense share", "pruned ms",
                 "pruned share"], [
@@ -480,40 +473,29 @@ def build_report(folder: Path, manifest: dict, figures: Path, store: Path | None
 
     page.heading("Groups")
     page.table(["group (root)", "class", "components", "dense width", "kept", "sparsity"], [
-        [k, g["kind"], ", ".join(g["components"]), g["width"], len(g["keep"]), fmt_share(1 - len(g["keep"]) / g["width"])]
-        for k, g in plan["groups"].items()
+        [k, g.kind, ", ".join(g.components), g.width, len(g.keep), fmt_share(1 - len(g.keep) / g.width)]
+        for k, g in plan.groups.items()
     ])
     page.text("Flow groups cross a component boundary (an interface). "
-              + FLOW_POLICIES[manifest["settings"].get("flow_policy", "protect")])
-    _not_pruned(page, manifest["graph"])
+              + FLOW_POLICIES[manifest.settings.get("flow_policy", "protect")])
+    _not_pruned(page, manifest.graph)
 
     page.heading("Provenance")
     page.table(["", ""], _provenance_rows(manifest, dense_profile, pruned_profile, cost))
-    measure = target["measure"]
-    engine = "" if target["runtime"] in ("tensorrt", "trtexec") else " No TensorRT engine was built or timed in this run."
-    page.text(f"Latencies are measured with {target['runtime']} on device `{target['device']}` "
-              f"({measure['repeats']} fresh sessions × {measure['runs']} runs, median of medians; ± is half the "
+    measure = target.measure
+    engine = "" if target.runtime in ("tensorrt", "trtexec") else " No TensorRT engine was built or timed in this run."
+    page.text(f"Latencies are measured with {target.runtime} on device `{target.device}` "
+              f"({measure.repeats} fresh sessions × {measure.runs} runs, median of medians; ± is half the "
               f"spread between repetitions).{engine}")
     return page
 
 
-def write_report(folder: Path, manifest: dict, out: Path | None = None, store: Path | None = None) -> Path:
+def write_report(folder: Path, manifest: Manifest, out: Path | None = None, store: Path | None = None) -> Path:
     """Write ``report.md``, ``report.html`` (self-contained) and ``figures/*.png`` for the run in ``folder`` into
     ``out`` (default: the run folder); returns the Markdown's path. ``store``: where to look for a cost model."""
     out = out or folder
     with staging(out) as tmp:
         return build_report(folder, manifest, tmp, store).write(out, "report")
-
-
-def load_manifest(run_dir: Path) -> dict:
-    """A finished run's manifest, or a one-line error saying what the folder lacks."""
-    path = run_dir / MANIFEST
-    if not path.is_file():
-        raise ReportError(f"{run_dir} holds no finished edgeprune run (no {MANIFEST})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def find_chromium() -> str:

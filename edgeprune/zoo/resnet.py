@@ -242,8 +242,8 @@ def dense_latency(model: nn.Module) -> dict[str, object]:
     """The dense model's ONNX Runtime latency on the shipped ``cpu`` target with the example inputs (imports the
     export and runtime stack lazily: loading the task should not pull in ONNX Runtime)."""
     from edgeprune.artifact.export import export_onnx, to_numpy
-    from edgeprune.runtimes import get_runtime
     from edgeprune.core.targets import load_target
+    from edgeprune.runtimes import get_runtime
 
     inputs = example_inputs()
     runtime = get_runtime(load_target("cpu"))

@@ -1,0 +1,76 @@
+"""``global``: one ranking of granule-sized channel blocks over all groups, least important removed until rho.
+
+Scores are application importance divided by their component's mean channel score first (a flow group is its own
+component here: its scores are already combined from its components' normalised ones), so a component whose
+weights happen to be small, or whose loss gradients are, is not wiped out by one that is large — and cannot hide
+behind it either. Inside a group blocks go least important first; a block's score is its channels' mean. The
+coefficients follow from where each group's importance falls in the ranking; no metric evaluation is spent.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import ClassVar
+
+from edgeprune.planners.base import (
+    PlannerError,
+    Proposal,
+    SparsityTarget,
+    StepContext,
+    StepTarget,
+    check_target,
+    register,
+)
+from edgeprune.planners.space import Search, SearchSpace, SpaceGroup, steps_down
+
+
+@register
+class GlobalPlanner:
+    name: ClassVar[str] = "global"
+    summary: ClassVar[str] = "one ranking of channel blocks, normalised per component"
+    aims: ClassVar[type] = SparsityTarget
+    accepts: ClassVar[tuple[type, ...]] = (SparsityTarget,)
+
+    def propose(self, context: StepContext, target: StepTarget) -> Proposal:
+        check_target(self, target)
+        assert isinstance(target, SparsityTarget)
+        space = SearchSpace(context)
+        space.rank(context.batches())
+        space.check_reachable(target)
+        return space.propose(self.name, target, rank_blocks(space, target))
+
+
+def rank_blocks(space: SearchSpace, target: SparsityTarget) -> Search:
+    """The keep counts that reach ``target`` by removing the globally least important blocks."""
+    rho, epsilon = target.rho, target.epsilon
+    free = space.free
+    means = space.cluster_means()
+    steps = steps_down(free, space.granule)
+    position = {g.key: 0 for g in free}
+    by_key = {g.key: g for g in free}
+    keeps: dict[str, int] = {}
+
+    def next_block(g: SpaceGroup) -> tuple[float, str] | None:
+        i = position[g.key]
+        if i + 1 >= len(steps[g.key]):
+            return None
+        hi, lo = steps[g.key][i], steps[g.key][i + 1]
+        return float(g.scores[lo:hi].mean()) / means[g.cluster], g.key
+
+    heap = [b for b in (next_block(g) for g in free) if b is not None]
+    heapq.heapify(heap)
+    previous = dict(keeps)
+    while heap and space.sparsity(keeps) < rho:
+        previous = dict(keeps)
+        _, key = heapq.heappop(heap)
+        position[key] += 1
+        keeps[key] = steps[key][position[key]]
+        block = next_block(by_key[key])
+        if block is not None:
+            heapq.heappush(heap, block)
+    if abs(space.sparsity(previous) - rho) < abs(space.sparsity(keeps) - rho):
+        keeps = previous  # the last block overshot further than stopping short of it
+    if abs(space.sparsity(keeps) - rho) > epsilon + 1e-9:
+        raise PlannerError(f"global ranking reaches sparsity {space.sparsity(keeps):.4f}, outside {rho:g} ± "
+                           f"{epsilon:g}: the granule's blocks are too coarse for this band")
+    return Search(keeps, {g.key: 1.0 - keeps.get(g.key, g.current) / g.dense for g in free})
