@@ -42,9 +42,6 @@ class SparsityTarget:
         if not 0.0 < self.epsilon < 0.5:
             raise PlannerError(f"sparsity tolerance epsilon must be in (0, 0.5), got {self.epsilon:g}")
 
-    def describe(self) -> str:
-        return f"sparsity {self.rho:.3g} ± {self.epsilon:g}"
-
 
 @dataclass(frozen=True)
 class LatencyTarget:
@@ -61,9 +58,6 @@ class LatencyTarget:
             raise PlannerError(f"latency budget must be positive, got {self.ms:g} ms")
         if not 0.0 < self.tolerance < 0.5:
             raise PlannerError(f"latency tolerance must be in (0, 0.5), got {self.tolerance:g}")
-
-    def describe(self) -> str:
-        return f"predicted ≤ {self.ms:.4g} ms"
 
 
 StepTarget = SparsityTarget | LatencyTarget
