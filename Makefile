@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 
-.PHONY: setup demo test bench bench-page clean
+.PHONY: setup demo test bench bench-page profiles clean
 
 $(BIN)/edgeprune: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: setup
 # only the page and the README table, from the CSVs already in bench/results/ (measures nothing)
 bench-page: setup
 	$(BIN)/python bench/compare.py --readme README.md
+
+# the built-in tasks' dense profiles and cost models on the cpu target, into profiles/ (timed: run it alone)
+profiles: setup
+	$(BIN)/python profiles/measure.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from edgeprune.artifact.export import ExportMismatch
 from edgeprune.core.budgets import BudgetError
-from edgeprune.core.targets import TargetError, list_targets
+from edgeprune.core.targets import SSH_URL, TargetError, find_targets
 from edgeprune.core.task import BUILTIN, TaskError, load_task
 from edgeprune.devices.transport import DeviceError
 from edgeprune.measure.cost import CostModelError
 from edgeprune.planners import PLANNERS, PlannerError
 from edgeprune.prune.graph import GraphError
-from edgeprune.prune.importance import FLOW_POLICIES
+from edgeprune.prune.importance import COMBINES, FLOW_POLICIES
 from edgeprune.prune.plan import PlanError
 from edgeprune.runtimes import RuntimeFailure, RuntimeMissing
 
@@ -37,6 +39,13 @@ INFEASIBLE_EXIT = 3
 def fail(message: str, code: int = 2) -> None:
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
+    """Fail with the choices listed from the one place that defines them (a registry, a ``Literal``'s arguments)."""
+    choices = list(choices)
+    if value not in choices:
+        fail(f"{option} {value!r}: choose one of {', '.join(choices)}")
 
 
 def parse_components(specs: list[str]) -> dict[str, list[str]]:
@@ -65,7 +74,7 @@ def parse_ratios(specs: list[str], option: str) -> dict[str, float]:
 @app.command()
 def tune(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
-    target: Annotated[str, typer.Option(help="target name in targets/ or a .toml path")] = "cpu",
+    target: Annotated[str, typer.Option(help="target name (edgeprune targets lists them) or a .toml path")] = "cpu",
     latency_budget: Annotated[str, typer.Option(help="e.g. 2.5ms, 800us, or 0.5x (of dense, measured)")] = "0.5x",
     metric: Annotated[str | None, typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder; default runs/TASK")] = None,
@@ -77,7 +86,8 @@ def tune(
              + "; ".join(f"{name} ({planner.summary})" for name, planner in PLANNERS.items()))] = "magnitude",
     epsilon: Annotated[float, typer.Option(help="grid: sparsity tolerance around each step's ratio; gradient: relative latency tolerance")] = 0.02,
     flow_policy: Annotated[str, typer.Option(help=f"inter-component groups: {', '.join(FLOW_POLICIES)}")] = "protect",
-    flow_combine: Annotated[str, typer.Option(help="joint: combine components' importance by min or mean")] = "min",
+    flow_combine: Annotated[str, typer.Option(
+        help=f"joint: combine components' importance by {' or '.join(COMBINES)}")] = "min",
     components: Annotated[list[str] | None, typer.Option(
         help="NAME=PREFIX[,PREFIX…], repeatable; default: the task's components or top-level children")] = None,
     component_ratio: Annotated[list[str] | None, typer.Option(
@@ -92,6 +102,9 @@ def tune(
     from edgeprune.loop import tune as run_tune
     from edgeprune.report.report import comparison_rows
 
+    check_choice("--strategy", strategy, PLANNERS)
+    check_choice("--flow-policy", flow_policy, FLOW_POLICIES)
+    check_choice("--flow-combine", flow_combine, COMBINES)
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
                                 finetune_steps=finetune_steps, step=step, seed=seed, strategy=strategy,
@@ -141,10 +154,9 @@ def graph(
     from edgeprune.prune.graph import ComponentGraph
     from edgeprune.report.figures import component_graph_figure
 
+    check_choice("--flow-policy", flow_policy, FLOW_POLICIES)
     try:
         t = load_task(task)
-        if flow_policy not in FLOW_POLICIES:
-            raise GraphError(f"--flow-policy {flow_policy!r}: choose {', '.join(FLOW_POLICIES)}")
         g = ComponentGraph(t.build(), t.example_inputs(), parse_components(components) if components else t.components,
                            t.output_layers)
     except USER_ERRORS as exc:
@@ -154,7 +166,9 @@ def graph(
         comp.add_row(name, ", ".join(prefixes), str(sum(x.components == (name,) for x in g.groups.values())),
                      str(sum(x.kind == "flow" and name in x.components for x in g.groups.values())))
     console.print(comp)
-    groups = Table("group (root)", "channels", "layers", "class", "producers → consumers", "policy", title="groups")
+    groups = Table(title="groups")
+    for name in ("group (root)", "channels", "layers", "class", "producers → consumers", "policy"):
+        groups.add_column(name, no_wrap=name != "producers → consumers")  # narrow terminals wrap only the flows
     for x in g.groups.values():
         groups.add_row(x.key, str(x.width), str(len(x.modules)), x.kind,
                        f"{', '.join(x.producers)} → {', '.join(x.consumers)}", flow_policy if x.kind == "flow" else "prune")
@@ -170,7 +184,7 @@ def graph(
 @app.command()
 def profile(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
-    target: Annotated[str, typer.Option(help="target name in targets/ or a .toml path")] = "cpu",
+    target: Annotated[str, typer.Option(help="target name (edgeprune targets lists them) or a .toml path")] = "cpu",
     store: Annotated[Path | None, typer.Option(help="profile store folder; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
     cost_model: Annotated[bool, typer.Option("--cost-model", help="also build the per-group cost model")] = False,
     stride: Annotated[int, typer.Option(min=1, help="cost model: measure every STRIDE-th granule step")] = 1,
@@ -214,9 +228,12 @@ def profile(
     columns = ["group", "kind", "components", "width", "layers ms"]
     if result.cost is not None:
         columns.append("half width saves ms")
-    groups = Table(*columns, title="groups (a layer between two groups counts in both)")
+    groups = Table(title="groups (a layer between two groups counts in both)")
+    for name in columns:  # narrow terminals wrap the component lists and headers, never a group's name or a number
+        groups.add_column(name, no_wrap=name in ("group", "kind"), justify="left" if name in ("group", "kind",
+                          "components") else "right")
     for row in result.groups.itertuples():
-        cells = [row.group, row.kind, row.components, str(row.width), f"{row.layers_ms:.4f}"]
+        cells = [row.group, row.kind, row.components.replace(",", ", "), str(row.width), f"{row.layers_ms:.4f}"]
         if result.cost is not None:
             cells.append(f"{getattr(row, 'half_width_saves_ms', float('nan')):.4f}")
         groups.add_row(*cells)
@@ -267,20 +284,57 @@ def tasks() -> None:
     console.print(table)
 
 
+def device_cell(device: str) -> str:
+    """A target's device, short: ``local``, or the host (and port) of ``ssh://user@host[:port]``."""
+    match = SSH_URL.match(device)
+    if match is None:
+        return device
+    return match["host"] + (f":{match['port']}" if match["port"] else "")
+
+
 @app.command()
-def targets() -> None:
-    """List the targets found in targets/ with runtime, precision and granule."""
-    table = Table()
-    for name in ("target", "runtime", "device", "precision", "granule", "power", "file"):
-        table.add_column(name, no_wrap=name in ("target", "runtime"), overflow="fold")
-    for path, t in list_targets():
-        if isinstance(t, TargetError):
-            table.add_row(path.stem, f"[red]invalid: {t}[/]", "", "", "", "", str(path))
-        else:
+def targets(
+    wide: Annotated[bool, typer.Option("--wide", help="also show the full device URL, the power settings, the "
+                                                      "description and each target's file")] = False,
+) -> None:
+    """List the targets ($EDGEPRUNE_TARGETS, then ./targets, then the shipped ones) and where each came from."""
+    found = find_targets()
+    # one space between columns, a rule under the header: fits 80 columns with the longest shipped name and host
+    table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+    columns = ["target", "runtime", "precision", "granule", "device", "source"]
+    if wide:
+        columns += ["power", "description", "file"]
+    for name in columns:
+        table.add_column(name, no_wrap=True)
+    for f in found:
+        source = f.source + ("*" if f.shadows else "")
+        if isinstance(f.target, TargetError):
+            cells = [f.name, "[red]invalid[/]", "", "", "", source]
+            table.add_row(*cells, *(["", "", str(f.path)] if wide else []))
+            continue
+        t = f.target
+        cells = [f.name, t.runtime, t.precision, str(t.granule), t.device if wide else device_cell(t.device), source]
+        if wide:
             power = ", ".join(p for p in (f"nvpmodel {t.power.nvpmodel}" if t.power.nvpmodel is not None else "",
                                           "jetson_clocks" if t.power.jetson_clocks else "") if p)
-            table.add_row(t.name, t.runtime, t.device, t.precision, str(t.granule), power or "—", str(path))
-    console.print(table)
+            cells += [power or "—", t.description, str(f.path)]
+        table.add_row(*cells)
+    if wide:  # the table at its full width: the terminal wraps longer lines (or pipe to `less -S`)
+        full = console.measure(table, options=console.options.update(width=10_000)).maximum
+        Console(width=max(console.width, full)).print(table)
+    else:
+        console.print(table)
+    for f in found:
+        if f.shadows:
+            console.print(f"* {f.name}: this file hides the {' and '.join(f.shadows)} one of the same name",
+                          highlight=False)
+        if isinstance(f.target, TargetError):
+            console.print(f"[red]invalid[/] {f.name}: {f.target}", highlight=False)
+        elif f.target.name != f.name:
+            console.print(f"{f.name}: its file names the target {f.target.name!r} (runs and profiles use that name)",
+                          highlight=False)
+    if not wide:
+        console.print("To change one, copy its file (--wide) into ./targets/ or $EDGEPRUNE_TARGETS.", highlight=False)
 
 
 @app.command()

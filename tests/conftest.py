@@ -9,6 +9,17 @@ from torch import nn
 from edgeprune.core.targets import Target, load_target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment(tmp_path_factory: pytest.TempPathFactory):
+    """No test writes into (or reads from) the repository's profiles/: the default profile store is an empty
+    temporary folder (tests that share a store set $EDGEPRUNE_PROFILES themselves). A user's $EDGEPRUNE_TARGETS is
+    ignored, so target names resolve to the shipped files (the repository has no ./targets of its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEPRUNE_PROFILES", str(tmp_path_factory.mktemp("default-profile-store")))
+        patch.delenv("EDGEPRUNE_TARGETS", raising=False)
+        yield
+
+
 class TwoPart(nn.Module):
     """An encoder–decoder CNN: the bottleneck conv's output is the interface between the two components."""
 

@@ -3,9 +3,14 @@
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
+from edgeprune import cli
 from edgeprune.cli import app
+from edgeprune.core.targets import SHIPPED
+from edgeprune.planners import PLANNERS
+from edgeprune.prune.importance import COMBINES, FLOW_POLICIES
 
 
 def run(*args: str):
@@ -81,3 +86,35 @@ def test_graph_prints_groups_and_draws_the_component_graph(tmp_path: Path) -> No
     assert "encoder.latent" in result.stdout and "joint" in result.stdout
     assert "not pruned: decoder.out: output layer" in result.stdout
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "choices"),
+    [(["tune", "--strategy", "fastest"], "--strategy 'fastest'", PLANNERS),
+     (["tune", "--flow-policy", "share"], "--flow-policy 'share'", FLOW_POLICIES),
+     (["tune", "--flow-combine", "max"], "--flow-combine 'max'", COMBINES),
+     (["graph", "--flow-policy", "share"], "--flow-policy 'share'", FLOW_POLICIES)],
+)
+def test_a_wrong_choice_lists_the_choices_from_where_they_are_defined(tmp_path: Path, args: list[str], option: str,
+                                                                      choices) -> None:
+    out = tmp_path / "run"
+    result = run(*args, *(["--out", str(out)] if args[0] == "tune" else ["--picture", str(tmp_path / "g.png")]))
+    assert_clean_failure(result, out, f"{option}: choose one of {', '.join(choices)}")
+    assert result.stderr.strip().endswith(", ".join(choices)) and not (tmp_path / "g.png").exists()
+    assert "knapsack" in PLANNERS and "knapsack" in run("tune", "--help").stdout
+
+
+def test_targets_fit_80_columns_and_say_where_each_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "console", Console(width=80))
+    listed = run("targets")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in listed.stdout, listed.stdout
+    assert lines[0].split() == ["target", "runtime", "precision", "granule", "device", "source"]
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.split() and "shipped" in line}
+    assert rows["cpu"] == ["cpu", "onnxruntime", "fp32", "8", "local", "shipped"]
+    assert rows["jetson-orin"] == ["jetson-orin", "trtexec", "fp16", "8", "jetson.local", "shipped"]
+    assert rows["jetson-orin-agx"][4] == "jetson-agx.local"  # the host; --wide shows the whole ssh:// URL
+    wide = run("targets", "--wide").stdout
+    assert str(SHIPPED / "cpu.toml") in wide and "ssh://user@jetson-agx.local" in wide and "nvpmodel MAXN" in wide
+    assert "…" not in wide

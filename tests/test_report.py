@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from edgeprune.cli import app
 from edgeprune.core.manifest import CalibrationRecord, CostModelRecord, Manifest
+from edgeprune.core.targets import target_path
 from edgeprune.loop import TuneSettings, tune
 from edgeprune.measure.cost import CostModel, GroupLUT, sample_counts
 from edgeprune.measure.profile import load_profile
@@ -38,10 +39,10 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished run; tune writes its report into a store-less environment (no cost model to find)."""
     root = tmp_path_factory.mktemp("report")
-    text = Path("targets/cpu.toml").read_text()
+    text = target_path("cpu").read_text()
     for old, new in (('name = "cpu"', 'name = "cpu-quick"'), ("warmup = 50", "warmup = 20"), ("runs = 300", "runs = 50"),
                      ("repeats = 5", "repeats = 3"), ("profile_runs = 100", "profile_runs = 30")):
-        assert old in text, f"targets/cpu.toml changed: no {old!r}"
+        assert old in text, f"the cpu target changed: no {old!r}"
         text = text.replace(old, new)
     target = root / "cpu-quick.toml"
     target.write_text(text)

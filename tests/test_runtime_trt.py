@@ -25,7 +25,7 @@ from edgeprune.runtimes.trtexec_formats import (
     load_profile_json,
 )
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec" / "resnet18-a100-fp16"
+REAL = Path(__file__).parent / "fixtures" / "trtexec" / "resnet18-a100-fp16"  # real trtexec outputs (see its README)
 DOC = Path(__file__).parent / "fixtures" / "trtexec-documented"
 ENGINE = "resnet.onnx.engine"
 GPU = "NVIDIA A100-SXM4-40GB"
@@ -431,8 +431,6 @@ def test_run_and_latency_go_through_device_buffers(fake: FakeTensorRT, tmp_path:
 
 def test_profile_joins_profiler_times_with_the_inspectors_layers(fake: FakeTensorRT, tmp_path: Path) -> None:
     """The fake's IProfiler callbacks carry the real ResNet-18 A100 FP16 profile; the inspector returns its layers."""
-    if not (REAL / f"{ENGINE}.profile.json").is_file():
-        pytest.skip(f"real trtexec fixtures absent: {REAL}")
     reference = load_profile_json(REAL / f"{ENGINE}.profile.json")
     fake.layer_times = list(zip(reference["layer"], reference["time_ms"], strict=True))
     fake.layer_info = (REAL / f"{ENGINE}.graph.json").read_text()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.core.targets import Target, TargetError, list_targets, load_target
+import edgeprune
+from edgeprune.core.targets import SHIPPED, Target, TargetError, find_targets, list_targets, load_target, target_path
 
 
 def test_cpu_target_loads_with_its_settings() -> None:
@@ -131,3 +132,42 @@ def test_good_gpu_combinations(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
         load_target(str(tmp_path / name))
     assert load_target(str(tmp_path / "dla.toml")).power.nvpmodel == 3
+
+
+def test_generic_orin_target_is_its_own_file_beside_the_modules() -> None:
+    """`jetson-orin` works on any Orin module: no power-mode name (they differ per module), settings the Nano takes."""
+    orin = load_target("jetson-orin")
+    assert orin.name == "jetson-orin" and (orin.runtime, orin.precision, orin.granule) == ("trtexec", "fp16", 8)
+    assert orin.power.nvpmodel is None and orin.power.jetson_clocks and orin.device.startswith("ssh://")
+    nano = load_target("jetson-orin-nano")
+    assert orin.tensorrt.workspace_mib <= nano.tensorrt.workspace_mib and orin.tensorrt.timeout_s >= nano.tensorrt.timeout_s
+    assert orin.tensorrt.trtexec == nano.tensorrt.trtexec
+    assert len({load_target(n).digest() for n in ("jetson-orin", "jetson-orin-agx", "jetson-orin-nx", "jetson-orin-nano")}) == 4
+
+
+def test_targets_are_shipped_in_the_package_and_overridable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$EDGEPRUNE_TARGETS, then ./targets, then the shipped files; the first of a name wins and says where it is from."""
+    assert SHIPPED.parent == Path(edgeprune.__file__).parent and (SHIPPED / "cpu.toml").is_file()
+    assert not (Path(edgeprune.__file__).parents[1] / "targets").exists()  # one copy of each target, in the package
+    found = {f.name: f for f in find_targets()}
+    assert found["cpu"].source == "shipped" and found["cpu"].path == SHIPPED / "cpu.toml" and not found["cpu"].shadows
+    assert target_path("cpu") == SHIPPED / "cpu.toml"
+    monkeypatch.chdir(SHIPPED.parent)  # ./targets is the shipped folder here: found once, hiding nothing
+    assert {(f.source, f.shadows) for f in find_targets()} == {("./targets", ())}
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "cpu.toml").write_text(
+        (SHIPPED / "cpu.toml").read_text().replace("granule = 8 ", "granule = 16"))
+    env = tmp_path / "env"
+    env.mkdir()
+    (env / "cpu.toml").write_text((SHIPPED / "cpu.toml").read_text().replace("granule = 8 ", "granule = 24"))
+    (env / "mine.toml").write_text("name = 'mine'\nruntime = 'onnxruntime'\n")
+    assert load_target("cpu").granule == 16  # ./targets before the shipped file
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(env))  # read at each call, not at import
+    assert load_target("cpu").granule == 24 and load_target("mine").name == "mine"
+    found = {f.name: f for f in find_targets()}
+    assert (found["cpu"].source, found["cpu"].shadows, found["cpu"].path) == ("env", ("./targets", "shipped"), env / "cpu.toml")
+    assert found["mine"].source == "env" and found["jetson-orin"].source == "shipped"
+    assert {f.name for f in find_targets()} == {p.stem for p in SHIPPED.glob("*.toml")} | {"mine"}
+    assert dict(list_targets())[env / "cpu.toml"].granule == 24

@@ -19,7 +19,7 @@ from edgeprune.artifact import export as export_module
 from edgeprune.artifact.export import to_numpy
 from edgeprune.cli import INFEASIBLE_EXIT, app
 from edgeprune.core.hashing import sha256_file
-from edgeprune.core.targets import load_target
+from edgeprune.core.targets import load_target, target_path
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
 from edgeprune.prune.graph import ComponentGraph
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def quick_target(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The shipped CPU target with fewer timed runs (same runtime settings), as a target file of its own."""
-    text = Path("targets/cpu.toml").read_text().replace("runs = 300", "runs = 150").replace("repeats = 5", "repeats = 3")
+    text = target_path("cpu").read_text().replace("runs = 300", "runs = 150").replace("repeats = 5", "repeats = 3")
     path = tmp_path_factory.mktemp("targets") / "cpu-quick.toml"
     path.write_text(text.replace('name = "cpu"', 'name = "cpu-quick"'))
     return str(path)

@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,16 +21,29 @@ SSH_URL = re.compile(r"^ssh://(?P<user>\w[\w.-]*)@(?P<host>\w[\w.-]*)(?::(?P<por
 #: An agent Python: an absolute path or a bare command name, of characters no shell treats specially.
 PYTHON_NAME = re.compile(r"^(/[\w./+-]+|[\w.+-]+)\Z")
 
-#: Folders searched for ``NAME.toml``, in order: $EDGEPRUNE_TARGETS, ./targets, the repository's targets/.
-TARGET_DIRS: tuple[Path, ...] = tuple(
-    p
-    for p in (
-        Path(os.environ["EDGEPRUNE_TARGETS"]) if os.environ.get("EDGEPRUNE_TARGETS") else None,
-        Path("targets"),
-        Path(__file__).resolve().parents[2] / "targets",
-    )
-    if p is not None
-)
+#: The targets shipped inside the package (package data: ``edgeprune/targets/*.toml``).
+SHIPPED = Path(__file__).resolve().parents[1] / "targets"
+
+
+class TargetSource(NamedTuple):
+    """A folder searched for ``NAME.toml``, and how ``edgeprune targets`` names it."""
+
+    label: str
+    folder: Path
+
+
+def target_sources() -> list[TargetSource]:
+    """Folders searched for ``NAME.toml``, first match wins: $EDGEPRUNE_TARGETS, ./targets, the shipped ones.
+
+    Read at each call, so setting $EDGEPRUNE_TARGETS or changing folder takes effect without a re-import.
+    """
+    env = os.environ.get("EDGEPRUNE_TARGETS")
+    candidates = [*([TargetSource("env", Path(env))] if env else []), TargetSource("./targets", Path("targets")),
+                  TargetSource("shipped", SHIPPED)]
+    sources: dict[Path, TargetSource] = {}
+    for source in candidates:  # a folder reached twice (run from inside the package) counts once, the first time
+        sources.setdefault(source.folder.resolve(), source)
+    return list(sources.values())
 
 
 class TargetError(ValueError):
@@ -166,23 +179,34 @@ class Target(_Strict):
         return hashlib.sha256(self.model_dump_json(exclude=skip).encode()).hexdigest()[:16]
 
 
-def _find(spec: str) -> Path:
+class FoundTarget(NamedTuple):
+    """A target file found by name: where it came from, and the target (or why it does not load)."""
+
+    name: str
+    path: Path
+    source: str  # the label of its TargetSource: "env", "./targets" or "shipped"
+    target: Target | TargetError
+    shadows: tuple[str, ...] = ()  # sources further down that hold a file of the same name, which this one hides
+
+
+def target_path(spec: str) -> Path:
+    """The file a target name (``cpu``) or path (``my/targets/x.toml``) stands for."""
     path = Path(spec)
     if path.suffix == ".toml" or path.parent != Path("."):
         if not path.is_file():
             raise TargetError(f"target file {spec!r} does not exist")
         return path
-    for folder in TARGET_DIRS:
-        candidate = folder / f"{spec}.toml"
+    for source in target_sources():
+        candidate = source.folder / f"{spec}.toml"
         if candidate.is_file():
             return candidate
-    known = sorted({p.stem for folder in TARGET_DIRS if folder.is_dir() for p in folder.glob("*.toml")})
+    known = sorted({p.stem for s in target_sources() if s.folder.is_dir() for p in s.folder.glob("*.toml")})
     raise TargetError(f"unknown target {spec!r}; known targets: {', '.join(known) or 'none'}")
 
 
 def load_target(spec: str) -> Target:
     """Load and validate a target by name (``cpu``) or path (``my/targets/x.toml``)."""
-    path = _find(spec)
+    path = target_path(spec)
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -195,17 +219,23 @@ def load_target(spec: str) -> Target:
         raise TargetError(f"target {path}: {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
 
 
-def list_targets() -> list[tuple[Path, Target | TargetError]]:
-    """Every target file found, loaded, or the error that stops it loading."""
-    seen: dict[str, Path] = {}
-    for folder in TARGET_DIRS:
-        if folder.is_dir():
-            for p in sorted(folder.glob("*.toml")):
-                seen.setdefault(p.stem, p)
-    out: list[tuple[Path, Target | TargetError]] = []
-    for path in seen.values():
+def find_targets() -> list[FoundTarget]:
+    """Every target name found, from the first source that holds it, loaded (or the error that stops it loading)."""
+    found: dict[str, list[tuple[TargetSource, Path]]] = {}
+    for source in target_sources():
+        if source.folder.is_dir():
+            for p in sorted(source.folder.glob("*.toml")):
+                found.setdefault(p.stem, []).append((source, p))
+    out: list[FoundTarget] = []
+    for name, [(source, path), *hidden] in sorted(found.items()):
         try:
-            out.append((path, load_target(str(path))))
+            target: Target | TargetError = load_target(str(path))
         except TargetError as exc:
-            out.append((path, exc))
+            target = exc
+        out.append(FoundTarget(name, path, source.label, target, tuple(s.label for s, _ in hidden)))
     return out
+
+
+def list_targets() -> list[tuple[Path, Target | TargetError]]:
+    """Every target file found (the first of each name), loaded, or the error that stops it loading."""
+    return [(f.path, f.target) for f in find_targets()]

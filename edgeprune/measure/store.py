@@ -7,10 +7,10 @@ renamed, so a killed run never leaves a half-written profile that a later run wo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
-from edgeprune.core.hashing import state_dict_hash
+from edgeprune.core.hashing import digest_json, state_dict_hash
 from edgeprune.core.targets import Target
 from edgeprune.core.task import Task
 from edgeprune.devices.probe import cpu_model
@@ -36,12 +36,13 @@ def default_root() -> Path:
 
 
 def host_facts() -> dict[str, object]:
-    """What identifies a local machine's speed: CPU model and core count (a profile from another box is not ours)."""
-    return {"host_cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    """What identifies a local machine's speed: CPU model, core count and architecture (a profile from another box
+    is not ours; the kernel release is not part of it, so a stored profile serves every machine of the same kind)."""
+    return {"host_cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
 
 def profile_key(facts: dict[str, object]) -> str:
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest_json(facts, 16)
 
 
 class ProfileStore:
@@ -81,6 +82,48 @@ class ProfileStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
         return path
+
+    def others(self, task: str, target: str, key: str, kind: str = "profile") -> list[tuple[Path, dict[str, object]]]:
+        """The stored profiles (``kind="profile"``) or cost models (``"cost"``) of the same task and target under
+        another key — measured on another host, with other weights or runtime versions — with the facts each was
+        measured with (a profile's ``.json`` provenance; a cost model's ``provenance`` field), newest first."""
+        suffix = r"\.cost\.json" if kind == "cost" else r"\.csv"
+        pattern = re.compile(rf"{re.escape(target)}-([0-9a-f]{{16}}){suffix}")
+        folder = self.root / task
+        found = []
+        for path in folder.iterdir() if folder.is_dir() else ():
+            match = pattern.fullmatch(path.name)
+            if match is None or match[1] == key:
+                continue
+            try:
+                data = json.loads((path if kind == "cost" else path.with_suffix(".json")).read_text())
+                facts = data.get("provenance", {}) if kind == "cost" else data
+            except (OSError, ValueError, AttributeError):
+                continue  # unreadable or without provenance: nothing to compare with
+            if isinstance(facts, dict):
+                found.append((path, facts))
+        return sorted(found, key=lambda item: item[0].stat().st_mtime, reverse=True)
+
+    def mismatches(self, task: str, target: str, key: str, facts: dict[str, object], kind: str = "profile",
+                   shown: int = 3) -> list[str]:
+        """One line per stored profile (or cost model) of this task and target under another key: the facts of
+        this measurement it differs in, there and here (e.g. another host's CPU model and core count)."""
+        def fact(value: object) -> str:
+            return "(none)" if value is None else str(value)
+
+        notes = []
+        others = self.others(task, target, key, kind)
+        for path, theirs in others[:shown]:
+            differ = [name for name in facts if fact(theirs.get(name)) != fact(facts[name])]
+            if not differ:  # the facts agree but the key does not: stored by another version of edgeprune
+                notes.append(f"{path}: stored under another key with the same facts (by another edgeprune?)")
+                continue
+            there = ", ".join(f"{name}={fact(theirs.get(name))}" for name in differ)
+            here = ", ".join(f"{name}={fact(facts[name])}" for name in differ)
+            notes.append(f"{path}: measured with {there}; here {here}")
+        if len(others) > shown:
+            notes.append(f"{len(others) - shown} more stored {kind}s of {task} on {target} under other keys")
+        return notes
 
 
 @dataclass
@@ -148,6 +191,9 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
     work.mkdir(parents=True, exist_ok=True)
     frame = None if refresh else store.load_profile(task.name, target.name, key)
     reused = frame is not None
+    if frame is None and not refresh:
+        for note in store.mismatches(task.name, target.name, key, facts):
+            log(f"{note}: not reused, measuring anew")
     if frame is None:
         log("exporting and profiling the dense model")
         artifact = artifact or build_artifact(model, inputs, runtime, work, "dense", target.precision)
@@ -157,6 +203,9 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
         store.save_profile(frame, task.name, target.name, key)
     cost = None if refresh or not cost_model else store.load_cost(task.name, target.name, key)
     cost_reused = cost is not None
+    if cost_model and cost is None and not refresh:
+        for note in store.mismatches(task.name, target.name, key, facts, kind="cost"):
+            log(f"{note}: not reused, building the cost model anew")
     if cost_model and cost is None:
         log("building the cost model: one profile per group and keep count")
         builder = CostModelBuilder(task.name, graph, inputs, runtime, target.granule, work / "cost", log)

@@ -22,6 +22,7 @@ from edgeprune.prune.graph import ComponentGraph, GraphError, component_of
 from edgeprune.prune.masks import channel_masks, frozen
 
 Combine = Literal["min", "mean"]
+COMBINES: tuple[str, ...] = get_args(Combine)
 
 
 def component_importance(graph: ComponentGraph, key: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ Plans never move between machines: they are built, kept and run on the device.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from edgeprune.core.hashing import sha256_file
+from edgeprune.core.hashing import digest_json, sha256_file
 from edgeprune.devices.probe import key_facts
 from edgeprune.devices.transport import Device, run_agent, safe_name, workdir
 from edgeprune.runtimes.base import Latency
@@ -47,8 +46,8 @@ class RemoteRuntime:
         answer = run_agent(device, "versions", "--target", self.target_json, timeout=300)
         self._versions: dict[str, str] = {k: str(v) for k, v in answer["versions"].items()}
         self.facts: dict[str, Any] = answer["facts"]
-        key = hashlib.sha256(json.dumps([target.digest(), key_facts(self.facts)], sort_keys=True).encode())
-        self.builds = f"{self.work}/builds/{safe_name(target.name)}-{key.hexdigest()[:16]}"
+        key = digest_json([target.digest(), key_facts(self.facts)], 16)
+        self.builds = f"{self.work}/builds/{safe_name(target.name)}-{key}"
         self._pushed: set[str] = set()
 
     def versions(self) -> dict[str, str]:

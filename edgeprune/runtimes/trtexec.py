@@ -5,7 +5,6 @@ device. What it writes (profiles, layer info, outputs, logs) is parsed by :mod:`
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from edgeprune.core.hashing import digest_json
 from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing
 from edgeprune.runtimes.trtexec_formats import (
     OnnxFacts,
@@ -234,8 +234,8 @@ class TrtexecRuntime:
                 from edgeprune.devices.probe import key_facts
                 from edgeprune.devices.transport import safe_name
 
-                state = hashlib.sha256(json.dumps(key_facts(self.device.facts()), sort_keys=True).encode())
-                cache = PurePosixPath(self.work, f"timing-{safe_name(cache.name)}-{state.hexdigest()[:12]}")
+                state = digest_json(key_facts(self.device.facts()), 12)
+                cache = PurePosixPath(self.work, f"timing-{safe_name(cache.name)}-{state}")
         self._call(build_command(self.exe, self._push(exported), self._there(plan), self.settings, flags, cache),
                    f"build of {exported.name}")
         if self.work is not None:
