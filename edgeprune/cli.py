@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.table import Table
 from edgeprune.artifact.export import ExportMismatch
 from edgeprune.core.budgets import BudgetError
 from edgeprune.core.targets import SSH_URL, TargetError, find_targets
-from edgeprune.core.task import BUILTIN, TaskError, load_task
+from edgeprune.core.task import BUILTIN, TaskError, load_task, one_line
 from edgeprune.devices.transport import DeviceError
 from edgeprune.measure.cost import CostModelError
 from edgeprune.planners import PLANNERS, PlannerError
@@ -149,8 +150,11 @@ def graph(
     picture: Annotated[Path | None, typer.Option(help="write the component graph here (PNG)")] = None,
     flow_policy: Annotated[str, typer.Option(help=f"policy shown for flow groups: {', '.join(FLOW_POLICIES)}")] = "protect",
     components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
+    granule: Annotated[int, typer.Option(min=1, help="channels each group's trial cut removes (the target's "
+                                                      "granule): a group whose cut breaks the model is frozen")] = 8,
 ) -> None:
-    """Print TASK's components and dependency groups (intra or flow), and draw the component graph."""
+    """Print TASK's components and dependency groups (intra or flow, frozen with the reason), and draw the component
+    graph."""
     from edgeprune.prune.graph import ComponentGraph
     from edgeprune.report.figures import component_graph_figure
 
@@ -159,6 +163,7 @@ def graph(
         t = load_task(task)
         g = ComponentGraph(t.build(), t.example_inputs(), parse_components(components) if components else t.components,
                            t.output_layers)
+        g.validate(t.example_inputs(), granule)
     except USER_ERRORS as exc:
         fail(str(exc))
     comp = Table("component", "module prefixes", "intra groups", "flow groups", title=f"{t.name}: components")
@@ -208,6 +213,7 @@ def profile(
         inputs = target_inputs(t, tg)
         dense = ComponentGraph(t.build(), inputs, parse_components(components) if components else t.components,
                                t.output_layers)
+        dense.validate(inputs, tg.granule)
         with console.status("profiling", spinner="dots") as status:
             def log(message: str) -> None:
                 console.log(message, highlight=False)
@@ -366,12 +372,35 @@ def deploy(
     console.print(result.summary(), highlight=False, soft_wrap=True)
 
 
+#: Where an unexpected error's traceback is saved (the user sees one line naming the file).
+CRASH_LOGS = Path(os.environ.get("EDGEPRUNE_LOGS", Path.home() / ".cache" / "edgeprune" / "logs"))
+
+
+def crash_log(exc: BaseException) -> Path:
+    """Save ``exc``'s traceback (with the command line and versions) to a new file under :data:`CRASH_LOGS`."""
+    import datetime as dt
+    import platform
+    import traceback
+
+    import edgeprune
+
+    CRASH_LOGS.mkdir(parents=True, exist_ok=True)
+    path = CRASH_LOGS / f"crash-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
+    path.write_text(f"edgeprune {edgeprune.__version__}, Python {platform.python_version()}, {platform.platform()}\n"
+                    f"command: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc)))
+    return path
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         errors.print("interrupted; nothing was published (a tune run continues with the same command and --resume)")
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line and the saved traceback, never a dump
+        errors.print(f"[bold red]internal error:[/] {type(exc).__name__}: {one_line(exc)}; traceback saved to "
+                     f"{crash_log(exc)} (please attach it to a bug report)", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

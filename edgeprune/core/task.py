@@ -18,7 +18,13 @@ from torch import nn
 
 
 class TaskError(ValueError):
-    """A task cannot be loaded or is malformed."""
+    """A task cannot be loaded or is malformed, or its own code (factory, evaluate, finetune) raised."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its first line, whitespace collapsed)."""
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[0].split()) if text else "no message"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,12 @@ def _import_factory(spec: str) -> Callable[[], Task]:
 def load_task(spec: str) -> Task:
     """Load a task by built-in name, ``module:factory`` or ``file.py:factory``."""
     factory = _import_factory(BUILTIN.get(spec, spec))
-    task = factory()
+    try:
+        task = factory()
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"task factory {spec!r} raised {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(task, Task):
         raise TaskError(f"task factory for {spec!r} returned {type(task).__name__}, not edgeprune.core.task.Task")
     return task

@@ -15,9 +15,10 @@ an accepted proposal's graph becomes the next step's graph.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,7 @@ from edgeprune.core.budgets import BudgetError, LatencyBudget, MetricBudget
 from edgeprune.core.hashing import state_dict_hash
 from edgeprune.core.manifest import StepRecord
 from edgeprune.core.targets import Target
-from edgeprune.core.task import load_task
+from edgeprune.core.task import TaskError, load_task, one_line
 from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
 from edgeprune.measure.cost import CostModel
 from edgeprune.planners import (
@@ -66,6 +67,8 @@ class Baseline(BaseModel):
     dense_artifact: Artifact
     cost_path: Path | None = None
     """Where the stored cost model the run planned on came from (latency planners)."""
+    frozen: dict[str, str] = {}
+    """Groups a trial cut showed to break the model, with the reason: never offered to the planner."""
 
 
 class LoopState(BaseModel):
@@ -177,8 +180,25 @@ class Loop:
         artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
         return artifact, self.runtime.latency(artifact.built, to_numpy(self.inputs))
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return {k: float(v) for k, v in self.task.evaluate(model).items()}
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        with self.task_code("evaluate", step):
+            return {k: float(v) for k, v in self.task.evaluate(model).items()}
+
+    def finetune(self, model: nn.Module, step: int) -> None:
+        torch.manual_seed(self.settings.seed)
+        with self.task_code("finetune", step):
+            self.task.finetune(model, self.settings.finetune_steps)  # type: ignore[misc]
+        model.eval()
+
+    @contextlib.contextmanager
+    def task_code(self, what: str, step: int) -> Iterator[None]:
+        """The task's own code raised: one line naming the task, the call and the step (the model it ran on)."""
+        try:
+            yield
+        except Exception as exc:
+            on = "the dense model" if step == 0 else f"the model pruned at step {step}"
+            raise TaskError(f"task {self.task.name!r}: {what} raised {type(exc).__name__} on {on}: "
+                            f"{one_line(exc)}") from exc
 
     def count(self, model: nn.Module) -> tuple[int, int]:
         macs, params = tp.utils.count_ops_and_params(model, self.inputs)
@@ -219,8 +239,11 @@ class Loop:
         model)."""
         start = time.perf_counter()
         graph = self.trace(self.task.build())
+        frozen = graph.validate(self.inputs, self.target.granule)
+        for key, reason in frozen.items():
+            self.log(f"group {key}: {reason}")
         plan = Plan.dense(self.settings.task, graph)
-        dense_metrics = self.evaluate(graph.model)
+        dense_metrics = self.evaluate(graph.model, 0)
         self.metric_budget.check_metric(dense_metrics)
         dense_value = dense_metrics[self.metric_budget.metric]
         if not self.metric_budget.holds(dense_value, dense_value):
@@ -241,7 +264,7 @@ class Loop:
                                  dense_ms=latency.median_ms,
                                  budget_ms=self.latency_budget.threshold_ms(latency.median_ms),
                                  metric_threshold=self.metric_budget.threshold(dense_value), dense_artifact=artifact,
-                                 cost_path=cost_path)
+                                 cost_path=cost_path, frozen=frozen)
         self.log(f"dense latency {latency.median_ms:.4g} ms; budget {self.baseline.budget_ms:.4g} ms")
         return LoopState(ratio=0.0, step=self.settings.step, steps=[dense], plan=plan, artifact=artifact, cost=cost,
                          local=local, graph=graph)
@@ -272,14 +295,12 @@ class Loop:
 
     def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
         """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
-        candidate = proposal.model
+        candidate, index = proposal.model, len(s.steps)
         if self.settings.finetune_steps:
-            torch.manual_seed(self.settings.seed)
-            self.task.finetune(candidate, self.settings.finetune_steps)  # type: ignore[misc]
-            candidate.eval()
-        metrics = self.evaluate(candidate)
+            self.finetune(candidate, index)
+        metrics = self.evaluate(candidate, index)
         value = metrics[self.metric_budget.metric]
-        record = StepRecord(index=len(s.steps), ratio=trial, status="accepted", metrics=metrics,
+        record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics,
                             channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
                             search=proposal.summary())
         if not self.metric_budget.holds(value, self.baseline.dense_value):
@@ -395,6 +416,7 @@ class Loop:
         if data.get("run_key") != self.key:
             raise RunFolderError(f"{path.parent} holds an interrupted run of other settings; remove it to start over")
         graph = self.trace(self.task.build())
+        graph.freeze(data["baseline"]["frozen"])
         Plan.model_validate(data["state"]["plan"]).apply_to(graph)
         graph.model.load_state_dict(torch.load(self.work.parent / CHECKPOINT_WEIGHTS, weights_only=True))
         graph.model.eval()

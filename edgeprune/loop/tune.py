@@ -12,9 +12,13 @@ from typing import Literal
 
 from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target
+from edgeprune.core.task import one_line
 from edgeprune.loop.bundle import existing_run, write_bundle
 from edgeprune.loop.loop import CHECKPOINT, CHECKPOINT_WEIGHTS, Loop
 from edgeprune.loop.settings import RunFolderError, TuneSettings, run_key
+
+#: In the staging folder of a run that failed (raised): the one-line error; the next run starts over.
+FAILED = "failed.txt"
 
 
 @dataclass
@@ -30,9 +34,10 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     """Run the loop for ``settings`` and publish the bundle to ``out`` (atomically).
 
     An identical finished run already in ``out`` is returned as it is; a different one is an error. The run is
-    staged in a hidden sibling folder with a checkpoint after every step; if it is interrupted the folder stays,
-    and ``resume=True`` continues from the last step (without it, an interrupted run of the same settings is an
-    error rather than silently thrown away).
+    staged in a hidden sibling folder with a checkpoint after every completed step. If it is *interrupted*
+    (Ctrl-C, a killed job) the folder stays, and ``resume=True`` continues after the last completed step (without it,
+    an interrupted run of the same settings is an error rather than silently thrown away). If it *failed* (raised),
+    the folder records why, and the next run says so and starts over: resuming would replay the failure.
     """
     target = load_target(settings.target)
     key = run_key(settings, target)
@@ -41,8 +46,11 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
         log(f"{out} already holds this run; nothing to do")
         return TuneResult(previous.status, previous.reason, out, previous)
     staging = out.parent / f".{out.name}.partial"
-    interrupted = staging / CHECKPOINT
-    if interrupted.is_file() and json.loads(interrupted.read_text()).get("run_key") == key:
+    interrupted, failed = staging / CHECKPOINT, staging / FAILED
+    if failed.is_file():
+        log(f"the last run into {out} failed ({failed.read_text().strip()}); starting over")
+        shutil.rmtree(staging)
+    elif interrupted.is_file() and json.loads(interrupted.read_text()).get("run_key") == key:
         if not resume:
             raise RunFolderError(f"an interrupted run of these settings is in {staging}: add --resume to continue "
                                  f"it, or remove that folder to start over")
@@ -62,8 +70,14 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
         if out.exists():
             out.rmdir()  # existing_run allowed only an empty folder
         staging.rename(out)
-    except BaseException:
-        if not (staging / CHECKPOINT).is_file():  # nothing worth resuming: leave nothing behind
+    except (KeyboardInterrupt, SystemExit):  # an interruption: resumable after the last completed step
+        if not interrupted.is_file():  # no step completed: nothing worth resuming, leave nothing behind
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as exc:
+        if interrupted.is_file():  # a failure: say so to the next run, which starts over
+            failed.write_text(f"{type(exc).__name__}: {one_line(exc)}\n")
+        else:
             shutil.rmtree(staging, ignore_errors=True)
         raise
     return TuneResult(outcome.status, outcome.reason, out, manifest)

@@ -19,6 +19,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune.artifact.export import flat_outputs
+from edgeprune.core.task import one_line
+
 
 def component_of(module: str, components: dict[str, list[str]]) -> str:
     """The component owning a module path: the longest matching prefix, '' when none does."""
@@ -28,6 +31,12 @@ def component_of(module: str, components: dict[str, list[str]]) -> str:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
                 best, length = name, len(prefix)
     return best
+
+
+#: Recurrent cells whose internal ops send Torch-Pruning's grouping into an endless loop (torch-pruning 1.6, seen on
+#: GRUCell and LSTMCell even when listed as ignored). They are traced as boundaries: their outputs are detached while
+#: tracing, so no group crosses them, and validation freezes any group whose cut would change what they receive.
+OPAQUE_CELLS = (nn.GRUCell, nn.LSTMCell)
 
 
 class GraphError(ValueError):
@@ -79,16 +88,24 @@ class ComponentGraph:
                 if not any(n == prefix or n.startswith(prefix + ".") for n in by_name):
                     raise GraphError(f"component {component!r}: no module of the model is named {prefix!r} or below it")
         self.output_layers = tuple(output_layers)
+        self.opaque = [name for name, m in by_name.items() if isinstance(m, OPAQUE_CELLS)]
+        handles = [by_name[name].register_forward_hook(_detached) for name in self.opaque]
         try:
             with warnings.catch_warnings(record=True) as caught, torch.enable_grad():  # tracing needs autograd
                 warnings.simplefilter("always")
-                self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+                self.dg = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_inputs, ignored_layers=[by_name[n] for n in self.opaque])
         except Exception as exc:  # torch tracing errors come in many types
             raise GraphError(f"cannot trace the model into dependency groups: {type(exc).__name__}: {exc}") from exc
+        finally:
+            for handle in handles:
+                handle.remove()
         #: Torch-Pruning's own warnings (e.g. parameters outside any known layer, pruned along a guessed dimension)
         self.notes = [" ".join(str(w.message).split()) for w in caught if "torch_pruning" in w.filename]
         self.groups: dict[str, GroupInfo] = {}
         self.skipped: dict[str, str] = {}
+        #: groups a trial cut showed to break the model (:meth:`validate`), with the reason; also in ``skipped``
+        self.frozen: dict[str, str] = {}
         blocked: set[str] = set()
         for group in self.dg.get_all_groups(ignored_layers=[by_name[n] for n in output_layers]):
             info = self._describe(group)
@@ -111,8 +128,14 @@ class ComponentGraph:
                 continue
             if name in self.output_layers:
                 skipped[name] = "output layer: its width is the model's interface"
+            elif isinstance(module, OPAQUE_CELLS):
+                skipped[name] = (f"recurrent cell {type(module).__name__}: traced as a boundary (Torch-Pruning cannot "
+                                 f"group it), its input and hidden widths are kept")
             elif self.dg.get_pruner_of_module(module) is None:
                 skipped[name] = f"layer type {type(module).__name__} is unknown to Torch-Pruning"
+            elif module not in self.dg.module2node:
+                skipped[name] = (f"the trace does not reach it from the model's outputs (it feeds only "
+                                 f"{', '.join(self.opaque) or 'a detached computation'}): kept at its width")
             elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
                 skipped[name] = "its group couples an output layer"
         return skipped
@@ -153,6 +176,37 @@ class ComponentGraph:
         memo: dict[int, object] = {id(x): x for x in shared}
         return copy.deepcopy(self, memo)
 
+    def validate(self, example_inputs: tuple[torch.Tensor, ...], granule: int) -> dict[str, str]:
+        """Trial-cut one granule block of every group on a fork and freeze the groups whose cut breaks the model: the
+        forward pass fails, or an output changes its shape (a Linear viewed as a feature map, a channel split that
+        Torch-Pruning indexes wrongly…). A frozen group leaves ``groups`` for ``frozen`` and ``skipped``, with the
+        reason; returns the newly frozen ones. Groups no wider than a granule are never cut, so never tried."""
+        with torch.no_grad():
+            expected = [tuple(t.shape) for t in flat_outputs(self.model(*example_inputs))]
+        frozen: dict[str, str] = {}
+        for key, info in self.groups.items():
+            if info.width <= granule:
+                continue
+            what = f"cutting {granule} of its {info.width} channels"
+            trial = self.fork()
+            try:
+                trial.prune(key, list(range(info.width - granule, info.width)))
+                with torch.no_grad():
+                    got = [tuple(t.shape) for t in flat_outputs(trial.model(*example_inputs))]
+            except Exception as exc:  # noqa: BLE001 - whatever the model raises, the group cannot be cut
+                frozen[key] = f"frozen: {what} breaks the forward pass ({type(exc).__name__}: {one_line(exc)})"
+                continue
+            if got != expected:
+                frozen[key] = f"frozen: {what} changes the model's output shapes from {expected} to {got}"
+        self.freeze(frozen)
+        return frozen
+
+    def freeze(self, reasons: Mapping[str, str]) -> None:
+        """Take groups out of pruning, each with its reason (what :meth:`validate` found, or a checkpoint kept)."""
+        for key, reason in reasons.items():
+            self.groups.pop(key, None)
+            self.frozen[key] = self.skipped[key] = reason
+
     def pruning_group(self, key: str) -> tp.dependency.Group:
         """The Torch-Pruning group of ``key`` with every channel, for scoring."""
         return self._group(key, range(self.groups[key].width))
@@ -180,3 +234,9 @@ class ComponentGraph:
         self._group(key, sorted(remove)).prune()
         info = self.groups[key]
         self.groups[key] = dataclasses.replace(info, width=width - len(set(remove)))
+
+
+def _detached(_module: nn.Module, _args: object, output: object) -> object:
+    """Forward hook used while tracing: the outputs of an opaque cell, cut from the autograd graph."""
+    return tuple(o.detach() for o in output) if isinstance(output, tuple) else output.detach()  # type: ignore[union-attr]
+

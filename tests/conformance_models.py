@@ -1,0 +1,216 @@
+"""Multi-component networks written the way users write them, for the conformance suite (random weights: what is
+checked is that pruning keeps every model valid, not what it computes).
+
+Each entry builds ``(model, example_inputs, components, output_layers)``; components are the top-level children
+unless a network names them. The patterns are the ones Torch-Pruning's grouping gets wrong or incomplete: a Linear
+reshaped into a feature map before a transposed conv, recurrent layers, skip concatenations, a module called twice,
+shared trunks, heads that must keep their widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+Built = tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, list[str]] | None, Sequence[str]]
+
+
+class WorldModel(nn.Module):
+    """Conv encoder → latent; GRU dynamics over latent + action; reward and value heads; a decoder whose first layer
+    is a Linear viewed as a 32×4×4 feature map and then upsampled by transposed convolutions."""
+
+    def __init__(self, latent: int = 64, action: int = 4) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(),
+                                     nn.Flatten(), nn.Linear(32 * 4 * 4, latent))
+        self.dynamics = nn.GRUCell(latent + action, latent)
+        self.reward = nn.Sequential(nn.Linear(latent, 64), nn.ELU(), nn.Linear(64, 1))
+        self.value = nn.Sequential(nn.Linear(latent, 64), nn.ELU(), nn.Linear(64, 1))
+        self.decoder_fc = nn.Sequential(nn.Linear(latent, 32 * 4 * 4), nn.ReLU())
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(32, 24, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(24, 3, 4, 2, 1))
+
+    def forward(self, image: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z = self.encoder(image)
+        z = self.dynamics(torch.cat([z, action], dim=1), z)
+        frame = self.decoder(self.decoder_fc(z).view(-1, 32, 4, 4))
+        return frame, self.reward(z), self.value(z)
+
+
+class ActorCritic(nn.Module):
+    """A shared trunk feeding a policy head and a critic head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(24, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh())
+        self.policy = nn.Sequential(nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 6))
+        self.critic = nn.Sequential(nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 1))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(obs)
+        return self.policy(h), self.critic(h)
+
+
+class VAE(nn.Module):
+    """Conv encoder to a mean and a log-variance, reparameterised (deterministically: the mean), conv decoder."""
+
+    def __init__(self, latent: int = 16) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                                     nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten())
+        self.mean = nn.Linear(64 * 8 * 8, latent)
+        self.logvar = nn.Linear(64 * 8 * 8, latent)
+        self.decoder = nn.Sequential(nn.Linear(latent, 64 * 8 * 8), nn.ReLU(), nn.Unflatten(1, (64, 8, 8)),
+                                     nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 1, 4, 2, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        mean, logvar = self.mean(h), self.logvar(h)
+        return self.decoder(mean), mean, logvar
+
+
+class UNet(nn.Module):
+    """Two down stages, a bottleneck, two up stages that concatenate the skip connections, GroupNorm throughout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU())
+
+        self.down1, self.down2 = block(3, 16), block(16, 32)
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = block(32, 64)
+        self.up2 = nn.ConvTranspose2d(64, 32, 2, 2)
+        self.dec2 = block(64, 32)
+        self.up1 = nn.ConvTranspose2d(32, 16, 2, 2)
+        self.dec1 = block(32, 16)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d1 = self.down1(x)
+        d2 = self.down2(self.pool(d1))
+        b = self.bottleneck(self.pool(d2))
+        u2 = self.dec2(torch.cat([self.up2(b), d2], dim=1))
+        u1 = self.dec1(torch.cat([self.up1(u2), d1], dim=1))
+        return self.head(u1)
+
+
+class Siamese(nn.Module):
+    """One embedding network applied to two inputs (a module called twice), compared by a small head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 64))
+        self.head = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.abs(self.embed(a) - self.embed(b)))
+
+
+class LSTMPolicy(nn.Module):
+    """An observation encoder, an LSTM over time, and an action head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(12, 64), nn.ReLU())
+        self.memory = nn.LSTM(64, 48, batch_first=True)
+        self.policy = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        h, _ = self.memory(self.encoder(obs))
+        return self.policy(h[:, -1])
+
+
+def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return build().eval()
+
+
+def _inputs(*shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(1)
+    return tuple(torch.rand(*s, generator=generator) for s in shapes)
+
+
+MODELS: dict[str, Callable[[], Built]] = {
+    "world-model": lambda: (_seeded(WorldModel), _inputs((2, 3, 16, 16), (2, 4)), None,
+                            ("reward.2", "value.2", "decoder.2")),
+    "actor-critic": lambda: (_seeded(ActorCritic), _inputs((4, 24)), None, ("policy.2", "critic.2")),
+    "vae": lambda: (_seeded(VAE), _inputs((2, 1, 32, 32)), {"encoder": ["encoder", "mean", "logvar"],
+                                                            "decoder": ["decoder"]}, ("decoder.5",)),
+    "unet": lambda: (_seeded(UNet), _inputs((1, 3, 32, 32)),
+                     {"encoder": ["down1", "down2", "bottleneck"], "decoder": ["up2", "dec2", "up1", "dec1", "head"]},
+                     ("head",)),
+    "siamese": lambda: (_seeded(Siamese), _inputs((2, 1, 32, 32), (2, 1, 32, 32)), None, ("head.2",)),
+    "lstm-policy": lambda: (_seeded(LSTMPolicy), _inputs((2, 5, 12)), None, ("policy.2",)),
+}
+
+
+# -- the check every row of the suite runs ---------------------------------------------------------------------------
+GRANULE = 8
+RATIO = 0.3
+
+
+@dataclass(frozen=True)
+class Row:
+    """One network through the pipeline: its groups, the ones frozen with why, and a 30 % magnitude prune."""
+
+    name: str
+    params: int
+    groups: int
+    flows: int
+    frozen: dict[str, str]
+    boundaries: tuple[str, ...]
+    """Layers traced as boundaries (recurrent cells Torch-Pruning cannot group)."""
+    pruned_params: int
+    outputs_kept: bool
+    onnx_error: float
+
+    def cells(self) -> list[str]:
+        frozen = "; ".join(f"`{k}` ({_short(v)})" for k, v in self.frozen.items())
+        return [self.name, f"{self.params:,}", f"{self.groups} ({self.flows} flow)", frozen or "none",
+                ", ".join(f"`{b}`" for b in self.boundaries) or "none",
+                f"{1 - self.pruned_params / self.params:.0%} fewer parameters",
+                "✓" if self.outputs_kept else "✗", "✓"]
+
+
+HEADER = ["network", "parameters", "groups", "frozen (why)", "boundaries", "30 % magnitude prune", "outputs keep shape",
+          "ONNX matches PyTorch"]
+
+
+def check(name: str, folder: Path) -> Row:
+    """Trace, validate, prune 30 % of every group by magnitude (flows jointly), run, export and check on ONNX
+    Runtime; raises whatever breaks (the suite's failure)."""
+    from edgeprune.artifact.export import check_export, export_onnx, flat_outputs
+    from edgeprune.core.targets import load_target
+    from edgeprune.prune.graph import ComponentGraph
+    from edgeprune.prune.importance import MagnitudeImportance
+    from edgeprune.prune.plan import Plan, cut_to_counts, uniform_counts
+    from edgeprune.runtimes import get_runtime
+
+    model, inputs, components, outputs = MODELS[name]()
+    dense = ComponentGraph(model, inputs, components, outputs)
+    dense.validate(inputs, GRANULE)
+    plan = Plan.dense(name, dense)
+    pruned = dense.fork()
+    cut_to_counts(pruned, plan, uniform_counts(plan, RATIO, GRANULE, "joint"), MagnitudeImportance("joint"))
+    with torch.no_grad():
+        shapes = [t.shape for t in flat_outputs(model(*inputs))]
+        kept = [t.shape for t in flat_outputs(pruned.model(*inputs))] == shapes
+    path = export_onnx(pruned.model, inputs, folder / f"{name}.onnx")
+    error = check_export(pruned.model, inputs, path, get_runtime(load_target("cpu")))
+    return Row(name, _params(model), len(dense.groups), sum(g.kind == "flow" for g in dense.groups.values()),
+               dict(dense.frozen), tuple(dense.opaque), _params(pruned.model), kept, error)
+
+
+def _short(reason: str) -> str:
+    """A frozen group's reason without its details: 'cutting 8 of its 16 channels changes the model's output shapes'."""
+    return reason.removeprefix("frozen: ").split(" (")[0].split(" from ")[0]
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,159 @@
+"""Conformance: networks written the way users write them prune to valid models, or name the group that cannot be
+cut and why; a failed run is not an interrupted one; no user sees a traceback."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conformance_models import MODELS, Row, check
+from typer.testing import CliRunner
+
+from edgeprune import cli
+from edgeprune.core.targets import target_path
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Row]:
+    folder = tmp_path_factory.mktemp("conformance")
+    return {name: check(name, folder) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_network_prunes_to_a_valid_model(rows: dict[str, Row], name: str) -> None:
+    row = rows[name]  # check() itself fails on a forward that breaks or an ONNX model that differs from PyTorch
+    assert row.groups > 0 and row.pruned_params < row.params and row.outputs_kept
+    assert row.onnx_error < 1e-3
+
+
+def test_patterns_torch_pruning_gets_wrong_are_frozen_with_the_reason(rows: dict[str, Row]) -> None:
+    world = rows["world-model"]
+    # a Linear viewed as a 32x4x4 feature map: Torch-Pruning offers its 512 outputs as a plain group
+    assert "breaks the forward pass" in world.frozen["decoder_fc.0"] and "invalid for input" in world.frozen["decoder_fc.0"]
+    assert world.boundaries == ("dynamics",)  # the GRUCell: Torch-Pruning's grouping never ends on it
+    vae = rows["vae"]
+    assert "unflatten" in vae.frozen["decoder.0"]
+    # heads the task forgot to declare as outputs are frozen by the output-shape check, not silently narrowed
+    assert "changes the model's output shapes" in vae.frozen["mean"]
+    assert not rows["unet"].frozen and rows["unet"].flows == 3  # skip concatenations cross encoder and decoder
+    assert rows["siamese"].flows == 1  # the shared embedding feeds the head twice
+
+
+def test_the_readme_table_is_the_suites(rows: dict[str, Row]) -> None:
+    spec = importlib.util.spec_from_file_location("bench_conformance", ROOT / "bench" / "conformance.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    block = bench.readme_block([rows[name] for name in MODELS])
+    assert block in (ROOT / "README.md").read_text(), "README's conformance table is stale: python bench/conformance.py --readme README.md"
+
+
+WORLD_TASK = '''
+import copy
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, {tests!r})
+from conformance_models import MODELS
+
+from edgeprune.core.task import Task
+
+
+def make():
+    model, inputs, components, outputs = MODELS["world-model"]()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        targets = reference(*inputs)
+
+    def distance(m):
+        return sum(F.mse_loss(a, b) for a, b in zip(m(*inputs), targets))
+
+    def evaluate(m):
+        with torch.no_grad():
+            return {{"fidelity": -float(distance(m))}}
+
+    def finetune(m, steps):
+        if os.environ.get("WORLD_FINETUNE_RAISES"):
+            raise RuntimeError("simulated crash in the task's finetune")
+        optimiser = torch.optim.Adam(m.parameters(), 1e-3)
+        for _ in range(steps):
+            loss = distance(m)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+
+    return Task("world-model", lambda: copy.deepcopy(model), lambda: inputs, evaluate, "fidelity", "fidelity>=-1",
+                output_layers=outputs, finetune=finetune)
+'''
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> list[str]:
+    spec = tmp_path / "world.py"
+    spec.write_text(WORLD_TASK.format(tests=str(TESTS)))
+    quick = tmp_path / "cpu-quick.toml"
+    text = target_path("cpu").read_text().replace("runs = 300", "runs = 50").replace("repeats = 5", "repeats = 2")
+    quick.write_text(text.replace('name = "cpu"', 'name = "cpu-quick"'))
+    return ["tune", "--task", f"{spec}:make", "--target", str(quick), "--latency-budget", "0.9x",
+            "--finetune-steps", "2", "--step", "0.3", "--out", str(tmp_path / "run")]
+
+
+def one_line_error(result: object) -> str:
+    stderr = result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    return stderr
+
+
+def test_the_world_model_tunes_or_says_why_and_a_failed_run_starts_over(world: list[str], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    monkeypatch.setenv("WORLD_FINETUNE_RAISES", "1")
+    crashed = runner.invoke(cli.app, world)
+    assert crashed.exit_code == 2
+    assert ("task 'world-model': finetune raised RuntimeError on the model pruned at step 1: simulated crash"
+            in one_line_error(crashed))
+    staging = tmp_path / ".run.partial"
+    assert (staging / "failed.txt").read_text().startswith("TaskError: task 'world-model': finetune raised")
+    monkeypatch.delenv("WORLD_FINETUNE_RAISES")
+    # a failure is not an interruption: the next run says so and starts over (no "add --resume")
+    again = runner.invoke(cli.app, world)
+    assert "the last run into" in again.stdout and "failed (TaskError" in again.stdout and "starting over" in again.stdout
+    assert again.exit_code in (0, cli.INFEASIBLE_EXIT), again.output
+    if again.exit_code:
+        assert one_line_error(again).startswith("error: budgets cannot both hold:")
+    assert (tmp_path / "run" / "manifest.json").is_file() and not staging.exists()
+    frozen = (tmp_path / "run" / "report.md").read_text()
+    assert "decoder_fc.0" in frozen and "breaks the forward pass" in frozen  # the report names the frozen group
+
+
+def test_a_task_factory_that_raises_is_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "broken.py"
+    spec.write_text("def make():\n    raise RuntimeError('no such dataset here')\n")
+    result = CliRunner().invoke(cli.app, ["graph", "--task", f"{spec}:make"])
+    assert result.exit_code == 2
+    assert "task factory" in one_line_error(result) and "raised RuntimeError: no such dataset here" in result.stderr
+
+
+def test_an_internal_error_is_one_line_and_a_saved_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def broken() -> None:
+        raise ZeroDivisionError("a bug of ours")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.setattr(cli, "CRASH_LOGS", tmp_path / "logs")
+    monkeypatch.setattr(sys, "argv", ["edgeprune", "tune"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "internal error: ZeroDivisionError: a bug of ours" in stderr
+    (log,) = (tmp_path / "logs").iterdir()
+    assert str(log) in " ".join(stderr.split()) and "Traceback" in log.read_text() and "command: edgeprune tune" in log.read_text()
