@@ -157,3 +157,27 @@ def test_an_internal_error_is_one_line_and_a_saved_traceback(tmp_path: Path, mon
     assert "Traceback" not in stderr and "internal error: ZeroDivisionError: a bug of ours" in stderr
     (log,) = (tmp_path / "logs").iterdir()
     assert str(log) in " ".join(stderr.split()) and "Traceback" in log.read_text() and "command: edgeprune tune" in log.read_text()
+
+
+def test_a_group_whose_cut_the_exporter_refuses_is_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for an exporter failure (none of the suite's networks has one): the export of a model whose trunk
+    lost channels raises; bisection finds that group alone and leaves every other one prunable."""
+    from edgeprune.prune import graph as graph_module
+
+    export = graph_module.export_onnx
+    calls: list[int] = []
+
+    def refusing(model, inputs, path):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if model.trunk[0].out_features < 128:
+            raise RuntimeError("unsupported: a stand-in exporter failure")
+        return export(model, inputs, path)
+
+    monkeypatch.setattr(graph_module, "export_onnx", refusing)
+    model, inputs, components, outputs = MODELS["actor-critic"]()
+    graph = graph_module.ComponentGraph(model, inputs, components, outputs)
+    frozen = graph.validate(inputs, 8)
+    assert frozen == {"trunk.0": "frozen: cutting 8 of its channels breaks the ONNX export "
+                                 "(RuntimeError: unsupported: a stand-in exporter failure)"}
+    assert set(graph.groups) == {"policy.0", "trunk.2", "critic.0"} and graph.skipped["trunk.0"] == frozen["trunk.0"]
+    assert len(calls) <= 1 + 2 * 2  # all at once, then halves: never one export per group and pair

@@ -290,7 +290,7 @@ class Loop:
         if proposal.plan == s.plan:  # the granule swallowed this increment
             return self.nothing_left_to_cut(s, trial) or s.model_copy(update={"ratio": trial})
         if proposal.plan.digest() in s.rejected:  # the granule made this the plan already rolled back
-            return self.only_rejected_plans_left(s) or s.model_copy(update={"step": s.step / 2})
+            return self.only_rejected_plans_left(s, proposal.plan.digest()) or s.model_copy(update={"step": s.step / 2})
         return self.try_proposal(s, proposal, trial, t0)
 
     def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
@@ -383,10 +383,15 @@ class Loop:
                                      f"further cut that saves time within the groups' bounds; the best plan measures "
                                      f"{s.best_step.latency_ms:.4g} ms > {self.baseline.budget_ms:.4g} ms{hint}", s)
 
-    def only_rejected_plans_left(self, s: LoopState) -> Outcome | None:
+    def only_rejected_plans_left(self, s: LoopState, digest: str) -> Outcome | None:
         """The model already came from a step aimed at the budget itself: every smaller step aims there again and
-        plans the same (deterministic) cut that was rolled back."""
-        return self.metric_wall(s) if self.aims_at_budget(s.ratio) else None
+        plans the same (deterministic) cut that was rolled back — for the reason its step records."""
+        if not self.aims_at_budget(s.ratio):
+            return None
+        rejected = next(r for r in reversed(s.steps) if r.plan_digest == digest)
+        return Outcome("infeasible", f"the plan aimed at the budget was rolled back ({rejected.note}) and is the only "
+                                     f"one left from the best model, which measures {s.best_step.latency_ms:.4g} ms "
+                                     f"> {self.baseline.budget_ms:.4g} ms", s)
 
     def budget_met(self, s: LoopState) -> Outcome | None:
         return Outcome("met", "both budgets hold", s) if s.best_step.latency_ms <= self.baseline.budget_ms else None

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune.artifact.export import flat_outputs
+from edgeprune.artifact.export import export_onnx, flat_outputs
 from edgeprune.core.task import one_line
 
 
@@ -133,11 +135,11 @@ class ComponentGraph:
                                  f"group it), its input and hidden widths are kept")
             elif self.dg.get_pruner_of_module(module) is None:
                 skipped[name] = f"layer type {type(module).__name__} is unknown to Torch-Pruning"
-            elif module not in self.dg.module2node:
-                skipped[name] = (f"the trace does not reach it from the model's outputs (it feeds only "
-                                 f"{', '.join(self.opaque) or 'a detached computation'}): kept at its width")
             elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-                skipped[name] = "its group couples an output layer"
+                skipped[name] = (f"the trace does not reach it from the model's outputs (it feeds only "
+                                 f"{', '.join(self.opaque)}): kept at its width"
+                                 if self.opaque and module not in self.dg.module2node
+                                 else "its group couples an output layer")
         return skipped
 
     def _describe(self, group: tp.dependency.Group) -> GroupInfo:
@@ -199,7 +201,36 @@ class ComponentGraph:
             if got != expected:
                 frozen[key] = f"frozen: {what} changes the model's output shapes from {expected} to {got}"
         self.freeze(frozen)
-        return frozen
+        unexported = self._exports(example_inputs, granule)
+        self.freeze(unexported)
+        return {**frozen, **unexported}
+
+    def _exports(self, example_inputs: tuple[torch.Tensor, ...], granule: int) -> dict[str, str]:
+        """Groups whose trial cut the ONNX exporter refuses: every group cut at once first (one export when all is
+        well), then halves of the failing set until single groups are found (a failure that only a combination of
+        cuts shows freezes nothing: each of them exports alone)."""
+
+        def exports(keys: list[str]) -> str | None:
+            trial = self.fork()
+            for key in keys:
+                trial.prune(key, list(range(trial.groups[key].width - granule, trial.groups[key].width)))
+            with tempfile.TemporaryDirectory(prefix="edgeprune-validate-") as tmp:
+                try:
+                    export_onnx(trial.model, example_inputs, Path(tmp) / "trial.onnx")
+                except Exception as exc:  # noqa: BLE001 - whatever the exporter raises, these cuts do not export
+                    return f"{type(exc).__name__}: {one_line(exc)}"
+            return None
+
+        def failing(keys: list[str], error: str | None) -> dict[str, str]:
+            if error is None:
+                return {}
+            if len(keys) == 1:
+                return {keys[0]: f"frozen: cutting {granule} of its channels breaks the ONNX export ({error})"}
+            half = len(keys) // 2
+            return {**failing(keys[:half], exports(keys[:half])), **failing(keys[half:], exports(keys[half:]))}
+
+        keys = [key for key, info in self.groups.items() if info.width > granule]
+        return failing(keys, exports(keys)) if keys else {}
 
     def freeze(self, reasons: Mapping[str, str]) -> None:
         """Take groups out of pruning, each with its reason (what :meth:`validate` found, or a checkpoint kept)."""
