@@ -17,7 +17,7 @@ import pandas as pd
 
 from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.report.figures import pareto_figure, sweep_figure
-from edgeprune.report.report import Page, check, fmt, fmt_ms, markdown_table, staging
+from edgeprune.report.page import Page, check, fmt, fmt_ms, markdown_table, staging
 
 RESULTS = Path(__file__).parent / "results"
 #: the README's generated block lies between these two lines

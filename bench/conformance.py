@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from conformance_models import HEADER, MODELS, Row, check
 
-from edgeprune.report.report import markdown_table
+from edgeprune.report.page import markdown_table
 
 README_START = "<!-- conformance: start (written by `python bench/conformance.py --readme README.md`) -->"
 README_END = "<!-- conformance: end -->"

@@ -263,8 +263,9 @@ def report(
 ) -> None:
     """Write RUN_DIR's report: Markdown and a self-contained HTML page with figures (PNGs also in figures/)."""
     from edgeprune.core.manifest import Manifest, ManifestError
-    from edgeprune.report.report import FIGURES, SCREENSHOT, ReportError, write_report
-    from edgeprune.report.report import screenshot as render
+    from edgeprune.report.page import FIGURES, SCREENSHOT, ReportError
+    from edgeprune.report.page import screenshot as render
+    from edgeprune.report.report import write_report
 
     try:
         markdown = write_report(run_dir, Manifest.load(run_dir), out, profiles)

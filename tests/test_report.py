@@ -25,7 +25,7 @@ from edgeprune.loop import TuneSettings, tune
 from edgeprune.measure.cost import CostModel, GroupLUT, sample_counts
 from edgeprune.measure.profile import load_profile
 from edgeprune.prune.plan import Plan
-from edgeprune.report.report import SCREENSHOT, ReportError, find_chromium
+from edgeprune.report.page import SCREENSHOT, ReportError, find_chromium
 
 pytestmark = pytest.mark.slow
 

@@ -99,7 +99,8 @@ def write_bundle(loop: Loop, folder: Path, key: str, outcome: Outcome, wall_s: f
     """Plan, weights, the measured model, profiles, steps, manifest and report of a finished loop, written into
     ``folder``. The model is the one the loop exported, built, checked and measured: published, never exported
     again."""
-    from edgeprune.report.report import FIGURES, write_report
+    from edgeprune.report.page import FIGURES
+    from edgeprune.report.report import write_report
 
     model, plan, final, graph = outcome.model, outcome.plan, outcome.final, outcome.graph
     loop.log("writing the bundle: the measured model, profiles, report")
