@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# the CPU build, installed before the project so that nothing pulls a CUDA torch
-TORCH  := torch==2.13.0
+# installed before the project, so nothing pulls another torch: 2.14.1 with torchvision 0.29.1 (a CUDA build that
+# runs on the CPU; torchvision cannot load beside the CPU-only 2.13 wheel), for the torchvision-* tasks
+TORCH  := torch==2.14.1 torchvision==0.29.1
 DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 
 .PHONY: setup demo test bench bench-page profiles clean
@@ -11,7 +12,7 @@ DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 $(BIN)/edgeprune: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
 	@# From Debian, where apt exists and we may use it: Fashion-MNIST (fashion-autoencoder task), OpenSSH
 	@# (the device tests run a real sshd on localhost) and Chromium (the report test renders the HTML page)

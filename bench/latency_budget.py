@@ -52,7 +52,6 @@ from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"digits-autoencoder": 40, "digits-resnet": 40, "pendulum-agent": 200}
-COST_STRIDE = {"pendulum-agent": 2}  # 12 groups of 128: every other granule step keeps its cost model to ~6 min
 FLOW_POLICY = {"digits-resnet": "joint"}  # see the module docstring
 EDGEPRUNE = {"edgeprune": "knapsack", "edgeprune-gradient": "gradient", "knapsack-flat": "knapsack"}
 TARGET = "cpu"
@@ -112,7 +111,7 @@ def edgeprune_run(task: Task, method: str, budget: str, work: Path) -> dict[str,
         components = {"model": [name for name, child in task.build().named_children()
                                 if any(True for _ in child.parameters())]}
     settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=EDGEPRUNE[method],
-                            finetune_steps=FINETUNE[task.name], cost_stride=COST_STRIDE.get(task.name, 1),
+                            finetune_steps=FINETUNE[task.name],
                             components=components, step=0.5,
                             flow_policy="protect" if components else FLOW_POLICY.get(task.name, "protect"))
     result = tune(settings, work / f"{task.name}-{method}-{budget}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +13,20 @@ import typer
 from pydantic import ValidationError
 from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeprune.artifact.export import ExportMismatch
 from edgeprune.core.budgets import BudgetError
+from edgeprune.core.progress import Progress
 from edgeprune.core.targets import SSH_URL, TargetError, find_targets
 from edgeprune.core.task import BUILTIN, TaskError, load_task, one_line
 from edgeprune.devices.transport import DeviceError
@@ -35,6 +46,26 @@ errors = Console(stderr=True)
 USER_ERRORS = (TaskError, TargetError, BudgetError, GraphError, PlanError, ExportMismatch, RuntimeMissing,
                RuntimeFailure, CostModelError, PlannerError, DeviceError)
 INFEASIBLE_EXIT = 3
+
+
+@contextlib.contextmanager
+def activity(first: str) -> Iterator[tuple[Callable[[str], None], Progress]]:
+    """A live display for a long command: a status line that ``log`` updates (each message is also logged above it)
+    and one bar per measurement phase that ``progress`` opens (counts done/total, elapsed, ETA)."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with RichProgress(*columns, console=console) as bars:
+        status = bars.add_task(first, total=None)
+
+        def log(message: str) -> None:
+            console.log(message, highlight=False)
+            bars.update(status, description=message if len(message) <= 40 else message[:39] + "…")
+
+        def progress(description: str, total: int) -> Callable[[int], None]:
+            phase = bars.add_task(description, total=total)
+            return lambda n: bars.advance(phase, n)
+
+        yield log, progress
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -95,7 +126,6 @@ def tune(
         help="NAME=R, repeatable: remove at most the fraction R of that component's channels")] = None,
     component_share: Annotated[list[str] | None, typer.Option(
         help="NAME=S, repeatable (knapsack): that component may take at most the share S of the latency budget")] = None,
-    cost_stride: Annotated[int, typer.Option(min=1, help="knapsack/gradient: cost model measures every STRIDE-th step")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""
@@ -113,8 +143,7 @@ def tune(
                                 flow_combine=flow_combine,
                                 components=parse_components(components) if components else None,
                                 component_ratios=parse_ratios(component_ratio, "--component-ratio") if component_ratio else None,
-                                component_shares=parse_ratios(component_share, "--component-share") if component_share else None,
-                                cost_stride=cost_stride)
+                                component_shares=parse_ratios(component_share, "--component-share") if component_share else None)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = str(first["loc"][0]) if first["loc"] else "strategy"
@@ -123,12 +152,8 @@ def tune(
         fail(f"--{option}: {first['msg'].removeprefix('Value error, ')}")
     folder = out or Path("runs") / Path(task.split(":")[-1]).name
     try:
-        with console.status("starting", spinner="dots") as status:
-            def log(message: str) -> None:
-                console.log(message, highlight=False)
-                status.update(message)
-
-            result = run_tune(settings, folder, log=log, resume=resume)
+        with activity("starting") as (log, progress):
+            result = run_tune(settings, folder, log=log, resume=resume, progress=progress)
     except (*USER_ERRORS, RunFolderError) as exc:
         fail(str(exc))
     manifest = result.manifest
@@ -191,8 +216,8 @@ def profile(
     task: Annotated[str, typer.Option(help="built-in task name, module:factory or file.py:factory")] = "digits-autoencoder",
     target: Annotated[str, typer.Option(help="target name (edgeprune targets lists them) or a .toml path")] = "cpu",
     store: Annotated[Path | None, typer.Option(help="profile store folder; default $EDGEPRUNE_PROFILES or ./profiles")] = None,
-    cost_model: Annotated[bool, typer.Option("--cost-model", help="also build the per-group cost model")] = False,
-    stride: Annotated[int, typer.Option(min=1, help="cost model: measure every STRIDE-th granule step")] = 1,
+    cost_model: Annotated[bool, typer.Option("--cost-model", help="also build the cost model (per-layer latency "
+                                                                 "tables, shared by every task on the target)")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="measure again even if a stored profile matches")] = False,
     components: Annotated[list[str] | None, typer.Option(help="NAME=PREFIX[,PREFIX…], repeatable")] = None,
     device: Annotated[str | None, typer.Option(help="run on this device instead of the target's: local or "
@@ -214,13 +239,9 @@ def profile(
         dense = ComponentGraph(t.build(), inputs, parse_components(components) if components else t.components,
                                t.output_layers)
         dense.validate(inputs, tg.granule)
-        with console.status("profiling", spinner="dots") as status:
-            def log(message: str) -> None:
-                console.log(message, highlight=False)
-                status.update(message)
-
+        with activity("profiling") as (log, progress):
             result = profile_task(t, tg, runtime, inputs, dense, ProfileStore(store) if store else ProfileStore(),
-                                  refresh=refresh, cost_model=cost_model, stride=stride, log=log)
+                                  refresh=refresh, cost_model=cost_model, log=log, progress=progress)
     except USER_ERRORS as exc:
         fail(str(exc))
     frame = result.profile

@@ -26,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", choices=list(BUILTIN), default=list(BUILTIN), metavar="TASK",
                         help=f"built-in tasks to measure (default: all of {', '.join(BUILTIN)})")
     parser.add_argument("--target", default="cpu", help="target name or .toml path (default: cpu)")
-    parser.add_argument("--stride", type=int, default=1, help="cost model: measure every STRIDE-th granule step")
     parser.add_argument("--refresh", action="store_true", help="measure again even where a stored file matches")
     args = parser.parse_args(argv)
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {name}: {exc}", flush=True)
             continue
         command = [sys.executable, "-m", "edgeprune", "profile", "--cost-model", "--task", name,
-                   "--target", args.target, "--store", HERE.name, "--stride", str(args.stride),
+                   "--target", args.target, "--store", HERE.name,
                    *(["--refresh"] if args.refresh else [])]
         print(f"$ {shlex.join(command)}", flush=True)
         start = time.monotonic()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.core.task import Task, load_task
-from edgeprune.measure.cost import CostModel, GroupLUT
+from edgeprune.measure.cost import CostModel, GroupAxis, LayerCost, granule_counts
 from edgeprune.planners import (
     GradientSettings,
     GridSettings,
@@ -284,15 +284,15 @@ def _hand_cost() -> CostModel:
     """A cost model written by hand for TwoPart, in the real format: encoder.0's layer and decoder.1's layer get
     faster with fewer channels; encoder.3's layer takes the same time at any width (as a memory-bound or
     launch-bound layer does on real targets)."""
-    def lut(width: int, dense: float, flat: bool = False) -> GroupLUT:
-        kept = tuple(range(GRANULE, width + 1, GRANULE))
-        return GroupLUT(width=width, kept=kept, layers={
-            f"layer-{width}": tuple(dense if flat else dense * k / width for k in kept)})
+    def layer(key: str, width: int, dense: float, component: str, flat: bool = False) -> LayerCost:
+        grid = tuple(range(GRANULE, width + 1, GRANULE))
+        return LayerCost(layer=f"layer-{width}", dense_ms=dense, component=component, axes=(key,), grid=(grid,),
+                         table=tuple(dense if flat else dense * k / width for k in grid))
+    widths = {"encoder.0": 32, "encoder.3": 64, "decoder.1": 48}
     return CostModel(task="two-part", granule=GRANULE, dense_ms=4.0,
-                     dense_layers={"layer-32": 1.0, "layer-64": 1.0, "layer-48": 2.0},
-                     layer_components={"layer-32": "encoder", "layer-64": "encoder", "layer-48": "decoder"},
-                     groups={"encoder.0": lut(32, 1.0), "encoder.3": lut(64, 1.0, flat=True),
-                             "decoder.1": lut(48, 2.0)})
+                     groups={k: GroupAxis(width=w, kept=granule_counts(w, GRANULE)) for k, w in widths.items()},
+                     layers=(layer("encoder.0", 32, 1.0, "encoder"), layer("encoder.3", 64, 1.0, "encoder", flat=True),
+                             layer("decoder.1", 48, 2.0, "decoder")))
 
 
 def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:

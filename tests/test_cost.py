@@ -1,32 +1,38 @@
-"""Cost model and profile store on real ONNX Runtime measurements of a small encoder–decoder CNN.
+"""Layer tables, sweep graphs and the cost model, on real exports and real ONNX Runtime profiles.
 
-No timing is asserted here (bench/cost_model.py measures accuracy); these tests check which layers a cut reaches,
-how LUTs are read, how calibration is fitted, what resumes, and what is reused.
+No timing is asserted beyond orders of magnitude (bench/cost_model.py measures accuracy); these tests check which
+layers a cut reaches, what a signature holds, how sweeps map back to variants, how tables are read, what is
+stored, reused and resumed.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
+from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.cli import app
 from edgeprune.core.task import Task
+from edgeprune.measure import tables as tables_module
 from edgeprune.measure.cost import (
     Calibration,
     CostModel,
     CostModelBuilder,
     CostModelError,
-    GroupLUT,
-    fixed_costs,
-    sample_counts,
-    with_residuals,
+    GroupAxis,
+    LayerCost,
+    granule_counts,
 )
-from edgeprune.measure.store import ProfileStore, profile_key, profile_task
+from edgeprune.measure.profile import attribute
+from edgeprune.measure.store import ProfileStore, profile_key, profile_task, table_store
+from edgeprune.measure.tables import TableStore, axis_grid, batches, sweep_graph, variant_times
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_to_counts
 from edgeprune.runtimes.onnxruntime import OrtRuntime
@@ -55,49 +61,65 @@ def runtime(fast_target) -> CountingOrt:
     return CountingOrt(fast_target)
 
 
-def test_sample_counts_follow_the_granule() -> None:
-    assert sample_counts(64, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
-    assert sample_counts(64, 8, stride=3) == [8, 32, 56, 64]
-    assert sample_counts(100, 8, stride=4) == [8, 40, 72, 100]  # a width off the granule is its own last step
-    assert sample_counts(8, 8) == [8] and sample_counts(4, 8) == [4]
+def test_axis_grid_is_a_ladder_of_granules_ending_at_the_width() -> None:
+    assert axis_grid(64, 8) == (8, 16, 24, 32, 40, 48, 64)
+    assert axis_grid(100, 8)[-1] == 100 and all(k % 8 == 0 for k in axis_grid(100, 8)[:-1])
+    assert axis_grid(2048, 8)[-2:] == (1536, 2048) and len(axis_grid(512, 8)) == 16  # sparser where few plans go
+    assert axis_grid(8, 8) == (8,) and axis_grid(4, 8) == (4,)
+    assert granule_counts(32, 8) == (8, 16, 24, 32) and granule_counts(20, 8) == (8, 16, 20)
 
 
-def hand_model() -> CostModel:
-    """Two groups reshaping one conv between them (in and out channels), plus a layer only ``a`` reaches."""
-    return CostModel(
-        task="t", granule=8, dense_ms=1.0,
-        dense_layers={"conv": 0.8, "head": 0.1, "other": 0.1},
-        groups={
-            "a": GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"conv": (0.2, 0.4, 0.6, 0.8), "head": (0.05, 0.05, 0.1, 0.1)}),
-            "b": GroupLUT(width=32, kept=(8, 24, 32), layers={"conv": (0.2, 0.6, 0.8)}),  # a sparser sweep
-        },
+def _linear_table(axes: tuple[str, ...], grid: tuple[tuple[int, ...], ...], dense: float) -> tuple[float, ...]:
+    """A table proportional to the product of its axes' counts, ``dense`` at the widths."""
+    points = np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(grid), -1).T
+    widths = np.array([g[-1] for g in grid])
+    return tuple(float(dense * np.prod(p / widths)) for p in points)
+
+
+def hand_model(floor_ms: float = 0.0) -> CostModel:
+    """A conv between groups ``a`` (its input) and ``b`` (its output); a head only ``a`` reaches, whose time steps
+    at 24; a concat of both (no table: scaled); a layer no group reaches."""
+    grid = ((8, 16, 24, 32), (8, 24, 32))  # b's axis sampled more sparsely
+    layers = (
+        LayerCost(layer="conv", dense_ms=0.8, component="encoder", axes=("a", "b"), grid=grid,
+                  table=_linear_table(("a", "b"), grid, 0.4)),  # the table's own scale differs from the model's
+        LayerCost(layer="head", dense_ms=0.1, component="decoder", axes=("a",), grid=((8, 16, 24, 32),),
+                  table=(0.05, 0.05, 0.1, 0.1)),
+        LayerCost(layer="cat", dense_ms=0.2, component="decoder", scaled=("a", "b")),
+        LayerCost(layer="other", dense_ms=0.1),
     )
+    groups = {"a": GroupAxis(width=32, kept=granule_counts(32, 8)), "b": GroupAxis(width=32, kept=granule_counts(32, 8))}
+    return CostModel(task="t", granule=8, dense_ms=1.2, floor_ms=floor_ms, groups=groups, layers=layers)
 
 
-def test_prediction_multiplies_ratios_per_layer_and_reads_steps() -> None:
+def test_prediction_reads_each_layers_table_against_its_dense_time() -> None:
     model = hand_model()
-    assert model.predict_ms({}) == pytest.approx(1.0)
-    # a and b at half width: the conv between them keeps a quarter, not nothing (which summed deltas would say)
-    assert model.layer_ms({"a": 16, "b": 16})["conv"] == pytest.approx(0.8 * 0.5 * 0.5)
-    # inside a step a count costs what the step's upper end costs; never interpolated across a step
+    assert model.predict_ms({}) == pytest.approx(1.2)
+    # a and b at half width: the conv between them keeps a quarter of its time (its own 0.8 ms, not the table's 0.4)
+    assert model.layer_ms({"a": 16, "b": 16})["conv"] == pytest.approx(0.8 * 0.25)
+    # inside a granule step a count costs what the step's upper end costs; the head's step is kept, not smoothed
     assert model.layer_ms({"a": 17})["head"] == pytest.approx(0.1) and model.layer_ms({"a": 16})["head"] == pytest.approx(0.05)
-    # b was sampled every other step: its 16 lies between samples 8 and 24, so it is interpolated between them
-    assert model.layer_ms({"b": 16})["conv"] == pytest.approx(0.4)
-    assert model.layer_ms({"a": 8})["other"] == pytest.approx(0.1)
-    with pytest.raises(CostModelError, match="no LUT for groups c"):
+    # b's 16 lies between its samples 8 and 24: interpolated (exact for a time proportional to the channels)
+    assert model.layer_ms({"b": 16})["conv"] == pytest.approx(0.8 * 0.5)
+    # no table: the concat scales with the mean keep ratio of its groups; the other layer never moves
+    assert model.layer_ms({"a": 16})["cat"] == pytest.approx(0.2 * 0.75)
+    assert model.layer_ms({"a": 8, "b": 8})["other"] == pytest.approx(0.1)
+    assert model.component_ms({"a": 16, "b": 16}) == pytest.approx({"encoder": 0.2, "decoder": 0.05 + 0.1, "": 0.1})
+    calibrated = model.calibrated([(1.2, 1.0), (0.6, 0.55)])
+    for counts, key, keep in (({}, "a", 16), ({"b": 16}, "a", 8), ({"a": 24, "b": 8}, "b", 24)):
+        assert calibrated.saving_ms(counts, key, keep) == pytest.approx(
+            calibrated.predict_ms(counts) - calibrated.predict_ms({**counts, key: keep}))
+    with pytest.raises(CostModelError, match="no group c"):
         model.predict_ms({"c": 8})
 
 
-def test_a_layer_between_two_groups_keeps_its_fixed_cost() -> None:
-    """conv = 0.2 + 0.6·x·y (x, y: kept fractions of its input and output groups), sampled along each axis."""
-    xs = (0.25, 0.5, 0.75, 1.0)
-    lut = GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"conv": tuple(0.2 + 0.6 * x for x in xs)})
-    luts = {"a": lut, "b": lut}
-    assert fixed_costs(luts) == {"conv": pytest.approx(0.2)}
-    model = CostModel(task="t", granule=8, dense_ms=0.8, dense_layers={"conv": 0.8}, groups=luts,
-                      fixed_layers=fixed_costs(luts))
-    assert model.layer_ms({"a": 16, "b": 16})["conv"] == pytest.approx(0.2 + 0.6 * 0.25)
-    assert model.layer_ms({"a": 8})["conv"] == pytest.approx(0.2 + 0.6 * 0.25)  # one axis: the measured time
+def test_the_profilers_floor_is_never_cut() -> None:
+    model = hand_model(floor_ms=0.04)
+    assert model.layer_ms({"a": 16, "b": 16})["conv"] == pytest.approx(0.04 + (0.8 - 0.04) * 0.25)
+    # a table whose dense time is lost under the floor scales with the keep ratios instead of its noise
+    tiny = model.layers[0].model_copy(update={"table": tuple(t * 1e-4 for t in model.layers[0].table)})
+    noisy = model.model_copy(update={"layers": (tiny, *model.layers[1:])})
+    assert noisy.layer_ms({"a": 16})["conv"] == pytest.approx(0.04 + (0.8 - 0.04) * 0.5)
 
 
 def test_calibration_fits_the_whole_model_measurements() -> None:
@@ -106,72 +128,175 @@ def test_calibration_fits_the_whole_model_measurements() -> None:
     assert calibration.scale == pytest.approx(0.8) and calibration.offset_ms == pytest.approx(0.1)
     assert max(calibration.errors()) < 1e-9
     model = hand_model().calibrated(points)
-    assert model.predict_ms({"a": 16, "b": 16}) == pytest.approx(0.8 * (0.2 + 0.05 + 0.1) + 0.1)
+    assert model.predict_ms({"a": 16, "b": 16}) == pytest.approx(0.8 * model.raw_ms({"a": 16, "b": 16}) + 0.1)
     assert Calibration.fit([(2.0, 1.0)]).scale == pytest.approx(0.5)
 
 
-def test_whole_model_timings_add_what_the_layer_profile_misses() -> None:
-    """An overhead-dominated model: group ``a``'s layers barely change in the profile, yet the whole model gets
-    0.3 ms faster per quarter of ``a`` cut (e.g. per-node overhead the profiler hides). ``b`` measures what its
-    layers predict, so it gets no residual."""
-    model = hand_model()  # dense: layers 1.0 ms = 1.0 ms measured
-    flat_a = GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"head": (0.09, 0.09, 0.1, 0.1)})
-    model = model.model_copy(update={"groups": {"a": flat_a, "b": model.groups["b"]}})
-    assert model.predict_ms({"a": 8}) == pytest.approx(0.99)  # the profile alone: cutting a saves nothing
-    b_measured = [model.predict_ms({"b": k}) for k in (8, 24)]
-    # noisy measurements around 1.0 - 0.4·(fraction cut): the line's least-squares slope, not any single point
-    fitted = with_residuals(model, {"a": [0.71 - 0.01, 0.81 + 0.01, 0.91], "b": b_measured, "c": [0.5]})
-    cut = [0.75, 0.5, 0.25]
-    slope = sum(c * ((m - 1.0) - (p - 1.0)) for c, m, p in zip(cut, [0.70, 0.82, 0.91], [0.99, 0.99, 1.0], strict=True)) \
-        / sum(c * c for c in cut)
-    assert fitted.groups["a"].residual_ms == pytest.approx((*(slope * c for c in cut), 0.0))
-    assert fitted.predict_ms({"a": 16}) == pytest.approx(0.99 + slope * 0.5)
-    assert fitted.predict_ms({"a": 16}) < 0.85  # the whole-model timing now prices the cut
-    assert fitted.groups["b"].residual_ms == pytest.approx((0.0, 0.0, 0.0))
-    assert fitted.predict_ms({"a": 32}) == pytest.approx(1.0)  # dense width: nothing added
-    # a group without whole-model timings (an older journal) keeps no residual
-    assert with_residuals(model, {"a": [0.7, None, 0.9]}).groups["a"].residual_ms == ()
+def test_differentiable_prediction_matches_at_the_granule_and_has_the_tables_slope() -> None:
+    model = hand_model().calibrated([(1.2, 1.0), (0.6, 0.55)])
+    for counts in ({}, {"a": 16}, {"a": 8, "b": 24}, {"b": 16}, {"a": 24, "b": 8}):
+        assert float(model.torch_ms(counts)) == pytest.approx(model.predict_ms(counts))
+    keep = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
+    model.torch_ms({"a": keep, "b": 24}).backward()
+    # d/da: the conv's 0.8·(a/32)·(24/32), the head's step 0.05 → 0.1 over 16 → 24, the concat's 0.2·(a/32)/2
+    slope = 0.8 * (24 / 32) / 32 + 0.1 * (0.05 / 0.1) / 8 + 0.2 / 32 / 2
+    assert float(keep.grad) == pytest.approx(model.calibration.scale * slope)
 
 
 def test_a_stored_cost_model_of_another_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "old.cost.json"
-    path.write_text(hand_model().model_copy(update={"format": "edgeprune.cost/1"}).model_dump_json())
-    with pytest.raises(CostModelError, match="format 'edgeprune.cost/1'.*measure it again"):
+    path.write_text(hand_model().model_copy(update={"format": "edgeprune.cost/2"}).model_dump_json())
+    with pytest.raises(CostModelError, match="format 'edgeprune.cost/2'.*measure it again"):
         CostModel.load(path)
-
-
-def test_builder_finds_the_layers_a_cut_reshapes_and_resumes(two_part, image, runtime, tmp_path: Path) -> None:
-    builder = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, runtime, 8, tmp_path)
-    model = builder.build(stride=4, groups=["encoder.3"], calibration_plans=2)
-    lut = model.groups["encoder.3"]
-    assert lut.width == 64 and lut.kept == (8, 40, 64)
-    ops = {layer: op for layer, op in zip(builder.done["dense"]["layers"], runtime.profile(
-        builder.folder / "dense.onnx", [image[0].numpy()])["op_type"], strict=False)}
-    # cutting the stride-2 conv's 64 channels reshapes that conv and the bottleneck conv reading them, nothing else
-    assert len(lut.layers) == 2 and {ops[layer] for layer in lut.layers} <= {"Conv", "FusedConv"}
-    assert all(len(times) == 3 and times[-1] == model.dense_layers[layer] for layer, times in lut.layers.items())
-    assert len(lut.residual_ms) == 3 and lut.residual_ms[-1] == 0.0  # every cut was also timed end to end
-    assert len(model.calibration.points) == 3 and model.dense_ms == model.calibration.points[0][1]
-    journal = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in journal] == ["dense", "encoder.3@8", "encoder.3@40", "dense-end", "latency-dense",
-                                          "calibration-0", "calibration-1"]
-    # a second builder on the same folder measures nothing again: a killed build resumes from its journal
-    before = (CountingOrt.profiles, CountingOrt.latencies)
-    again = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, runtime, 8, tmp_path).build(
-        stride=4, groups=["encoder.3"], calibration_plans=2)
-    assert (CountingOrt.profiles, CountingOrt.latencies) == before and again == model
-    with pytest.raises(CostModelError, match="not prunable groups of this model: decoder.3"):
-        builder.build(groups=["decoder.3"])
 
 
 def test_plan_prediction_uses_the_plans_keep_counts(two_part, image) -> None:
     plan = Plan.dense("two-part", ComponentGraph(copy.deepcopy(two_part), image, **GRAPH_ARGS))
     _, pruned = prune_to_counts(two_part, plan, {"encoder.0": 16}, image, **GRAPH_ARGS)
-    model = CostModel(task="t", granule=8, dense_ms=1.0, dense_layers={"x": 1.0},
-                      groups={"encoder.0": GroupLUT(width=32, kept=(8, 16, 24, 32), layers={"x": (0.25, 0.5, 0.75, 1.0)}),
-                              **{k: GroupLUT(width=g.width, kept=(g.width,), layers={}) for k, g in plan.groups.items()
-                                 if k != "encoder.0"}})
+    model = CostModel(task="t", granule=8, dense_ms=1.0, layers=(
+        LayerCost(layer="x", dense_ms=1.0, axes=("encoder.0",), grid=((8, 16, 24, 32),), table=(0.25, 0.5, 0.75, 1.0)),),
+        groups={k: GroupAxis(width=g.width, kept=granule_counts(g.width, 8)) for k, g in plan.groups.items()})
     assert model.predict_ms(pruned) == pytest.approx(0.5)
+
+
+# -- sites ---------------------------------------------------------------------------------------------------------
+
+class Branches(nn.Module):
+    """A depthwise conv (its ``group`` attribute follows the channels) and a concat of two groups (a dim that is no
+    single group's width)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.side = nn.Conv2d(3, 24, 1)
+        self.head = nn.Conv2d(56, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([torch.relu(self.depthwise(self.stem(x))), self.side(x)], dim=1))
+
+
+def _builder(model: nn.Module, inputs: tuple, target, runtime, folder: Path, name: str = "t",
+             tables: TableStore | None = None) -> CostModelBuilder:
+    graph = ComponentGraph(model, inputs, None, ())
+    return CostModelBuilder(name, graph, inputs, target, runtime, folder / name, tables or TableStore(folder, "cpu", {}))
+
+
+def test_sites_name_the_groups_that_set_each_layers_shapes(two_part, image, fast_target, runtime, tmp_path) -> None:
+    builder = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, fast_target, runtime,
+                               tmp_path / "cost", TableStore(tmp_path, "cpu", {}))
+    sites = builder.sites(export_onnx(two_part, image, tmp_path / "dense.onnx"))
+    strided = next(s for s in sites if s.signature and s.signature.attributes.get("strides") == [2, 2]
+                   and s.signature.op_type == "Conv")
+    # the stride-2 conv reads encoder.0's channels and writes encoder.3's: a two-axis table
+    assert strided.axes == ("encoder.0", "encoder.3") and strided.widths == (32, 64)
+    assert strided.signature.operands[0].dims == (1, "a", 32, 32) and strided.signature.operands[1].dims == ("b", "a", 3, 3)
+    assert strided.signature.operands[1].kind == "weight" and strided.signature.symbols == ("a", "b")
+    assert not any(s.node.startswith("node_Conv") and s.axes == () for s in sites if s.signature)
+    assert not any("decoder.3" in s.axes for s in sites)  # the output layer's width never changes
+
+
+def test_a_depthwise_conv_is_tabled_and_a_concat_is_scaled(fast_target, runtime, tmp_path) -> None:
+    torch.manual_seed(0)
+    model, inputs = Branches().eval(), (torch.rand(1, 3, 16, 16),)
+    builder = _builder(model, inputs, fast_target, runtime, tmp_path)
+    sites = builder.sites(export_onnx(model, inputs, tmp_path / "dense.onnx"))
+    group_of = {module: key for key, info in builder.graph.groups.items() for module in info.modules}
+    depthwise = next(s for s in sites if s.signature and s.signature.symbolic_attributes)
+    # the stem's output channels are the depthwise conv's input and output channels and its group count
+    assert depthwise.signature.symbolic_attributes == {"group": "a"} and depthwise.axes == (group_of["stem"],)
+    assert depthwise.signature.operands[1].dims == ("a", 1, 3, 3)
+    concat = next(s for s in sites if s.signature is None)
+    assert set(concat.scaled) == {group_of["stem"], group_of["side"]} and "no single group's width" in concat.why
+    # the depthwise variant runs at another width: its group attribute follows
+    sweep, feeds = sweep_graph([(depthwise.signature, (8,)), (depthwise.signature, (24,))],
+                               onnx.load(str(tmp_path / "dense.onnx")).opset_import)
+    onnx.save(sweep, str(tmp_path / "sweep.onnx"))
+    outputs = runtime.run(tmp_path / "sweep.onnx", feeds)
+    assert outputs[0].shape == (1, 8, 16, 16) and outputs[1].shape == (1, 24, 16, 16)
+
+
+# -- sweeps and the table store ---------------------------------------------------------------------------------------
+
+def _conv_signature(fast_target, runtime, tmp_path, two_part, image):
+    builder = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, fast_target, runtime,
+                               tmp_path / "cost", TableStore(tmp_path, "cpu", {}))
+    dense = export_onnx(two_part, image, tmp_path / "dense.onnx")
+    site = next(s for s in builder.sites(dense) if s.axes == ("encoder.0", "encoder.3"))
+    return site.signature, onnx.load(str(dense)).opset_import
+
+
+def test_one_sweep_graph_times_every_variant(two_part, image, fast_target, runtime, tmp_path) -> None:
+    signature, opsets = _conv_signature(fast_target, runtime, tmp_path, two_part, image)
+    points = [(8, 8), (32, 64), (16, 24)]
+    sweep, feeds = sweep_graph([(signature, p) for p in points], opsets)
+    onnx.save(sweep, str(tmp_path / "sweep.onnx"))
+    times = variant_times(runtime.profile(tmp_path / "sweep.onnx", feeds), len(points))
+    assert sorted(times.variants) == [0, 1, 2] and times.floor_ms > 0 and times.reference_ms > 0
+    assert times.variants[1] > 4 * times.variants[0]  # 32 times the work: far slower, whatever the machine does
+    assert [o.shape for o in runtime.run(tmp_path / "sweep.onnx", feeds)[:3]] == [(1, 8, 16, 16), (1, 64, 16, 16),
+                                                                                 (1, 24, 16, 16)]
+
+
+def test_tables_are_saved_after_every_sweep_and_a_killed_build_resumes(two_part, image, fast_target, runtime, tmp_path,
+                                                                       monkeypatch) -> None:
+    signature, opsets = _conv_signature(fast_target, runtime, tmp_path, two_part, image)
+    monkeypatch.setattr(tables_module, "SWEEP_VARIANTS", 4)
+    store = TableStore(tmp_path / "store", "cpu", {"host": "x"})
+    wanted = [(signature, (a, b)) for a in (8, 16, 32) for b in (8, 32, 64)]
+    assert len(list(batches(wanted))) == 3
+    calls = []
+
+    def measure(model, feeds, index):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second sweep
+        path = tmp_path / "sweep.onnx"
+        onnx.save(model, str(path))
+        return runtime.profile(path, feeds)
+
+    with pytest.raises(KeyboardInterrupt):
+        store.measure(wanted, measure, opsets)
+    again = TableStore(tmp_path / "store", "cpu", {"host": "x"})
+    assert len(again.data.tables[signature.key].points) == 4 and again.data.sweeps == 1
+    assert again.data.reference_ms > 0
+    left = [w for w in wanted if again.data.tables[signature.key].at(w[1]) is None]
+    assert again.measure(left, measure, opsets) == 2 and len(again.data.tables[signature.key].points) == 9
+    assert TableStore(tmp_path / "store", "cpu", {"host": "other"}).data.tables == {}  # other facts, other file
+
+
+def test_builder_measures_tables_once_and_another_task_sharing_shapes_reuses_them(two_part, image, fast_target, runtime,
+                                                                                 tmp_path) -> None:
+    tables = TableStore(tmp_path, fast_target.name, {"host": "test"})
+    dense = export_onnx(two_part, image, tmp_path / "dense.onnx")
+    profile = attribute(runtime.profile(dense, to_numpy(image)), dense, GRAPH_ARGS["components"], {})
+    first = CostModelBuilder("two-part", ComponentGraph(two_part, image, **GRAPH_ARGS), image, fast_target, runtime,
+                             tmp_path / "a", tables)
+    model = first.build(dense, profile, 1.0, calibration_plans=2)
+    assert first.new_points > 0 and first.sweeps >= 1 and tables.path.is_file()
+    assert set(model.groups) == {"encoder.0", "encoder.3", "encoder.5", "decoder.1"}  # the flow group too
+    conv = next(layer for layer in model.layers if layer.axes == ("encoder.0", "encoder.3"))
+    assert conv.grid == (axis_grid(32, 8), axis_grid(64, 8)) and len(conv.table) == len(conv.grid[0]) * len(conv.grid[1])
+    assert conv.component == "encoder" and conv.signature.startswith("Conv 3x3 s2")
+    assert sum(layer.dense_ms for layer in model.layers) == pytest.approx(profile["time_ms"].sum())
+    assert len(model.calibration.points) == 3 and model.calibration.points[0] == (pytest.approx(model.raw_ms({})), 1.0)
+    # cut encoder.0 to a quarter: the layers it reaches get faster, the others do not move
+    quarter = model.layer_ms({"encoder.0": 8})
+    reached = {layer.layer for layer in model.layers if "encoder.0" in layer.axes + layer.scaled}
+    assert all(quarter[layer] < model.layer_ms({})[layer] for layer in reached if model.layer_ms({})[layer] > 0.01)
+    assert all(quarter[layer.layer] == layer.dense_ms for layer in model.layers if layer.layer not in reached)
+    # a second task with the same layer shapes measures no table point again (its calibration is its own)
+    second = CostModelBuilder("copy", ComponentGraph(copy.deepcopy(two_part), image, **GRAPH_ARGS), image, fast_target,
+                              runtime, tmp_path / "b", TableStore(tmp_path, fast_target.name, {"host": "test"}))
+    again = second.build(dense, profile, 1.0, calibration_plans=2)
+    assert second.new_points == 0 and second.sweeps == 0
+    assert [layer.table for layer in again.layers] == [layer.table for layer in model.layers]
+    # the first task's calibration is journalled: built again (a killed build resumed), it measures nothing
+    resumed = CostModelBuilder("two-part", ComponentGraph(copy.deepcopy(two_part), image, **GRAPH_ARGS), image,
+                               fast_target, runtime, tmp_path / "a", tables).build(dense, profile, 1.0,
+                                                                                   calibration_plans=2)
+    assert len((tmp_path / "a" / "calibration.jsonl").read_text().splitlines()) == 2
+    assert resumed.calibration == model.calibration
 
 
 def two_part_task(model) -> Task:
@@ -196,28 +321,26 @@ def test_profile_store_reuses_by_key_and_leaves_no_partial_files(two_part, image
     other = fast_target.model_copy(update={"granule": 16})
     assert profile_task(task, other, runtime, image, ComponentGraph(task.build(), image, **GRAPH_ARGS), store).key != first.key
     assert profile_key({"a": 1}) != profile_key({"a": 2})
+    # with a cost model: the tables go to the store's shared tables/ folder, keyed without the task
+    costly = profile_task(task, fast_target, runtime, image, ComponentGraph(task.build(), image, **GRAPH_ARGS), store,
+                          cost_model=True)
+    assert costly.cost is not None and costly.cost_path.is_file()
+    assert table_store(store.root, fast_target, runtime).path.is_file()
+    assert sorted(p.name for p in (tmp_path / "profiles").iterdir()) == ["tables", "two-part"]
 
 
 def test_profile_command(tmp_path: Path) -> None:
     target = tmp_path / "quick.toml"
     target.write_text('name = "quick"\nruntime = "onnxruntime"\n[measure]\nwarmup = 5\nruns = 20\nrepeats = 2\n'
-                      'profile_runs = 10\n')
+                      'profile_runs = 10\nsweep_runs = 5\n')
     args = ["profile", "--task", "digits-autoencoder", "--target", str(target), "--store", str(tmp_path / "p")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "encoder" in result.output and "decoder.conv0" in result.output and "stored in" in result.output
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "reused from" in again.output
+    costly = CliRunner().invoke(app, [*args, "--cost-model"])
+    assert costly.exit_code == 0, costly.output
+    assert "measuring layer tables" in costly.output and "saves ms" in costly.output
     bad = CliRunner().invoke(app, ["profile", "--task", "nope", "--store", str(tmp_path / "p")])
     assert bad.exit_code == 2 and bad.stderr.strip().startswith("error: task 'nope'")
-
-
-def test_differentiable_prediction_matches_the_staircase_at_samples() -> None:
-    model = hand_model().calibrated([(1.0, 0.9), (0.5, 0.5)])
-    for counts in ({}, {"a": 16}, {"a": 8, "b": 24}, {"b": 16}):
-        assert float(model.torch_ms(counts)) == pytest.approx(model.predict_ms(counts))
-    keep = torch.tensor(20.0, dtype=torch.float64, requires_grad=True)
-    ms = model.torch_ms({"a": keep, "b": 24})
-    ms.backward()
-    # between the samples 16 and 24 of a: conv 0.4 -> 0.6 (times b's 0.75) and head 0.05 -> 0.1, per 8 channels
-    assert float(keep.grad) == pytest.approx(0.8 * (0.2 * 0.75 + 0.05) / 8)

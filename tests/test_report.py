@@ -22,8 +22,9 @@ from edgeprune.cli import app
 from edgeprune.core.manifest import CalibrationRecord, CostModelRecord, Manifest
 from edgeprune.core.targets import target_path
 from edgeprune.loop import TuneSettings, tune
-from edgeprune.measure.cost import CostModel, GroupLUT, sample_counts
+from edgeprune.measure.cost import CostModel, GroupAxis, LayerCost, granule_counts
 from edgeprune.measure.profile import load_profile
+from edgeprune.measure.tables import axis_grid
 from edgeprune.prune.plan import Plan
 from edgeprune.report.page import SCREENSHOT, ReportError, find_chromium
 
@@ -62,16 +63,16 @@ def store(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Co
     manifest = Manifest.load(run)
     plan = Plan.load(run / "plan.json")
     dense = load_profile(run / "profile-dense.csv")
-    layers = dict(zip(dense["layer"], dense["time_ms"].astype(float), strict=True))
     granule = manifest.target.granule
-    groups = {}
-    for key, group in plan.groups.items():
-        own = [r.layer for r in dense.itertuples() if r.module == key]
-        kept = sample_counts(group.width, granule, stride=2)
-        if own and len(kept) > 1:
-            groups[key] = GroupLUT(width=group.width, kept=tuple(kept),
-                                   layers={layer: tuple(layers[layer] * k / group.width for k in kept) for layer in own})
-    cost = CostModel(task=manifest.task.name, granule=granule, dense_layers=layers,
+    layers = []
+    for row in dense.itertuples():
+        grid = axis_grid(plan.groups[row.module].width, granule) if row.module in plan.groups else ()
+        cut = len(grid) > 1
+        layers.append(LayerCost(layer=row.layer, dense_ms=float(row.time_ms), component=row.component or "",
+                                axes=(row.module,) if cut else (), grid=(grid,) if cut else (),
+                                table=tuple(float(row.time_ms) * k / grid[-1] for k in grid) if cut else ()))
+    groups = {key: GroupAxis(width=g.width, kept=granule_counts(g.width, granule)) for key, g in plan.groups.items()}
+    cost = CostModel(task=manifest.task.name, granule=granule, layers=tuple(layers),
                      dense_ms=manifest.dense.latency_ms, groups=groups,
                      provenance={"model_hash": manifest.task.dense_weights_sha256,
                                  "target_digest": manifest.target_digest, "host_cpu": "test CPU"})
@@ -250,7 +251,7 @@ def test_comparison_page_puts_strategies_side_by_side(tmp_path: Path) -> None:
         assert cell in line, (cell, line)
     cost = pd.read_csv(results / "cost_model.csv")
     for task, rows in cost.groupby("task"):
-        assert f"| {task} | {len(rows)} | {100 * rows['error'].median():.1f} % |" in markdown
+        assert f"| {task} | {len(rows)} | {100 * rows['paired_error'].median():.1f} % |" in markdown
     for name in ("pareto.png", "soft_coefficients.png"):
         assert png_pixels(results / "figures" / name).std() > 0.05
         assert f"](figures/{name})" in markdown

@@ -110,3 +110,38 @@ def test_engine_and_torch_rows_are_attributed_too(tmp_path: Path, two_part, imag
     assert attribute(torch_rows, None, {"decoder": ["decoder"]}, {})["component"].tolist() == ["decoder"]
     with pytest.raises(ValueError, match="needs the ONNX model"):
         attribute(engine.drop(columns="onnx_nodes"), None, {}, {})
+
+
+def test_a_slow_model_spends_repeat_s_per_repetition_but_never_fewer_than_ten_runs(monkeypatch) -> None:
+    """Every inference takes one second of the (fake) clock: warm-up stops after 3 calls (past a third of repeat_s),
+    timing after MIN_RUNS calls — not the 50 and 300 a fast model gets."""
+    import contextlib
+
+    from edgeprune.core.targets import MeasureSettings
+    from edgeprune.runtimes import base
+
+    now = {"s": 0.0}
+    monkeypatch.setattr(base.time, "monotonic", lambda: now["s"])
+    calls = {"warm": 0, "timed": 0}
+
+    @contextlib.contextmanager
+    def fresh():
+        def call() -> None:
+            calls["warm"] += 1
+            now["s"] += 1.0
+
+        def timed() -> float:
+            calls["timed"] += 1
+            now["s"] += 1.0
+            return 1000.0
+
+        yield base.TimedSession(call=call, timed_call=timed)
+
+    latency = base.timing_loop(fresh, MeasureSettings(warmup=50, runs=300, repeats=2, repeat_s=3.0))
+    assert latency.repeats_ms == (1000.0, 1000.0)
+    assert calls == {"warm": 2 * 3, "timed": 2 * base.MIN_RUNS}
+    # a fast model is untouched by the cap: all of its runs
+    now["s"], calls["warm"], calls["timed"] = 0.0, 0, 0
+    monkeypatch.setattr(base.time, "monotonic", lambda: 0.0)
+    base.timing_loop(fresh, MeasureSettings(warmup=50, runs=300, repeats=1, repeat_s=3.0))
+    assert calls == {"warm": 50, "timed": 300}

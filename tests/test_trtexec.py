@@ -376,3 +376,75 @@ def test_trtexec_errors(fake_trtexec: Path, tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "m.plan").write_bytes(b"fake plan")
     with pytest.raises(RuntimeFailure, match=r"^trtexec profile of m.plan failed \(exit 1\): \[E\] Engine could not"):
         runtime.profile(tmp_path / "m.plan", [])
+
+
+# --- layer-table sweeps through trtexec ---------------------------------------------------------------------------
+
+#: A FAKE trtexec for sweep graphs (NVIDIA's real one needs an NVIDIA GPU), fed with data in the documented formats:
+#: a build reads the ONNX it is given and writes TensorRT 10's detailed layer info (one layer per node, named after
+#: it, ONNX-node Metadata, and a reformat copy before every conv as TensorRT inserts for FP16); a profile run writes
+#: trtexec's --exportProfile list, each layer taking 0.003 ms plus 1e-6 ms per weight (copies 0.001 ms).
+FAKE_SWEEP_TRTEXEC = '''#!{python}
+"""FAKE trtexec (sweep graphs) for edgeprune's tests."""
+import json, os, sys
+from pathlib import Path
+import onnx
+args = sys.argv[1:]
+with open(os.environ["FAKE_TRTEXEC_ARGV"], "a") as fh:
+    fh.write(json.dumps(args) + "\\n")
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec")
+opts = dict(a.partition("=")[::2] for a in args)
+if "--onnx" in opts:
+    graph = onnx.load(opts["--onnx"]).graph
+    sizes = {{i.name: len(onnx.numpy_helper.to_array(i).ravel()) for i in graph.initializer}}
+    layers, times = [], {{}}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            copy = "Reformatting CopyNode for Input Tensor 0 to " + node.name
+            layers.append({{"Name": copy, "LayerType": "Reformat", "Inputs": [], "Outputs": [], "Origin": "REFORMAT"}})
+            times[copy] = 0.001
+        layers.append({{"Name": node.name, "LayerType": "CaskConvolution" if node.op_type == "Conv" else "PointWise",
+                       "Inputs": [], "Outputs": [], "Metadata": "[ONNX Layer: " + node.name + "]"}})
+        times[node.name] = 0.003 + 1e-6 * sum(sizes.get(i, 0) for i in node.input)
+    Path(opts["--saveEngine"]).write_text(json.dumps(times))
+    Path(opts["--exportLayerInfo"]).write_text(json.dumps({{"Layers": layers, "Bindings": []}}))
+elif "--exportProfile" in opts:
+    times = json.loads(Path(opts["--loadEngine"]).read_text())
+    count = int(opts["--iterations"])
+    total = sum(times.values())
+    Path(opts["--exportProfile"]).write_text(json.dumps([{{"count": count}}] + [
+        {{"name": n, "timeMs": t * count, "averageMs": t, "medianMs": t, "percentage": 100 * t / total}}
+        for n, t in times.items()]))
+print("&&&& PASSED TensorRT.trtexec [TensorRT v100300] # trtexec")
+'''
+
+
+def test_a_trtexec_sweep_builds_one_engine_per_hundred_variants_and_maps_layers_back(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    from edgeprune.measure.tables import LayerSignature, Operand, TableStore
+
+    exe = tmp_path / "bin" / "trtexec"
+    exe.parent.mkdir()
+    exe.write_text(FAKE_SWEEP_TRTEXEC.format(python=sys.executable))
+    exe.chmod(0o755)
+    monkeypatch.setenv("FAKE_TRTEXEC_ARGV", str(tmp_path / "argv.jsonl"))
+    runtime = get_runtime(_jetson(exe).for_sweeps())
+    conv = LayerSignature(op_type="Conv", opset=17, attributes={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+                          operands=(Operand(kind="input", dims=(1, "a", 8, 8)), Operand(kind="weight", dims=("b", "a", 3, 3))))
+    wanted = [(conv, (a, b)) for a in (8, 16, 24, 32, 64) for b in range(8, 408, 8)]
+    store = TableStore(tmp_path / "profiles", "jetson", {"device": "fake"})
+
+    def measure(model, feeds, index):
+        path = tmp_path / f"sweep-{index}.onnx"
+        onnx.save(model, str(path))
+        return runtime.profile(runtime.build(path, tmp_path / "engines"), feeds)
+
+    assert store.measure(wanted, measure, [helper.make_opsetid("", 17)]) == 3
+    builds = [argv for argv in _argv(tmp_path) if any(a.startswith("--onnx=") for a in argv)]
+    assert len(wanted) == 250 and len(builds) == 3  # at most one engine per 100 variants
+    # every variant's time came back through its layer's name: the conv's own time plus the reformat copy before it
+    # (moved to the conv by the attribution), less the per-layer floor the Relu nodes measured (0.003 ms)
+    table = store.data.tables[conv.key]
+    assert len(table.points) == 250
+    for (a, b) in [(8, 8), (64, 400), (24, 200)]:
+        assert table.at((a, b)) == pytest.approx(1e-6 * a * b * 9 + 0.001, rel=1e-6)

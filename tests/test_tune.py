@@ -184,7 +184,7 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
                                                                      shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=15", step=0.5, strategy="knapsack", cost_stride=4, finetune_steps=20)
+                            metric_budget="psnr>=15", step=0.5, strategy="knapsack", finetune_steps=20)
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
     manifest = result.manifest
@@ -193,11 +193,11 @@ def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Pa
     accepted = [s for s in manifest.steps if s.status == "accepted"]
     assert accepted and all(s.search["strategy"] == "knapsack" for s in accepted)
     # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
-    # model's own points: dense + 6 random plans; then this run's dense and its steps)
+    # model's own points: dense + 3 calibration plans; then this run's dense and its steps)
     assert all(s.search["predicted_ms"] > 0 for s in accepted)
     # every measured step joins it, also one rolled back for measuring no faster than its starting model
     measured = [s for s in manifest.steps if s.status != "dense" and s.latency is not None]
-    assert len(cost.calibration.points) == 7 + 1 + len(measured)
+    assert len(cost.calibration.points) == 1 + 3 + 1 + len(measured)
     assert manifest.measurements == 1 + len(accepted)
 
 
@@ -205,7 +205,7 @@ def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, 
                                                                 shared_profiles: Path) -> None:
     # step 1.0: the first step aims straight at the budget (the ramp's end, where rho would be out of range)
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=15", step=1.0, strategy="gradient", cost_stride=4, finetune_steps=20,
+                            metric_budget="psnr>=15", step=1.0, strategy="gradient", finetune_steps=20,
                             epsilon=0.05)
     result = tune(settings, tmp_path / "gradient")
     assert result.status == "met", result.reason
@@ -221,7 +221,7 @@ def test_a_latency_planner_stops_when_the_cost_model_finds_nothing_more_to_cut(t
     """Groups may lose at most 20 % of their channels, far from 0.3x: the knapsack plans at the bounds, that plan is
     measured, and the next proposal is the same plan, so the run ends infeasible with the measured plan kept."""
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.3x",
-                            metric_budget="psnr>=5", step=0.5, strategy="knapsack", cost_stride=4, max_ratio=0.2)
+                            metric_budget="psnr>=5", step=0.5, strategy="knapsack", max_ratio=0.2)
     result = tune(settings, tmp_path / "bounded")
     assert result.status == "infeasible"
     assert "finds no further cut that saves time within the groups' bounds" in result.reason

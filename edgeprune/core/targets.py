@@ -66,6 +66,13 @@ class MeasureSettings(_Strict):
     runs: int = Field(300, ge=1)
     repeats: int = Field(5, ge=1)
     profile_runs: int = Field(100, ge=1)
+    #: A repetition's timed runs stop after this many seconds (but never before 10 runs), and its warm-up after a
+    #: third of it: a 80 ms ResNet-50 would otherwise spend two minutes on one latency.
+    repeat_s: float = Field(3.0, gt=0)
+    #: Sweep graphs (many layer variants in one graph, see measure/tables.py) take seconds per run; their per-layer
+    #: profile is the median over this many runs after ``sweep_warmup`` runs.
+    sweep_runs: int = Field(20, ge=1)
+    sweep_warmup: int = Field(3, ge=0)
 
 
 class TensorRTSettings(_Strict):
@@ -155,6 +162,14 @@ class Target(_Strict):
                 raise ValueError("[tensorrt] trtexec is a path for runtime 'trtexec'; runtime 'tensorrt' uses the "
                                  "Python API")
         return self
+
+    def with_measure(self, **changes: object) -> Target:
+        """This target with some ``[measure]`` settings changed (a sweep graph's profile, one repetition)."""
+        return self.model_copy(update={"measure": self.measure.model_copy(update=changes)})
+
+    def for_sweeps(self) -> Target:
+        """This target with the profile's warm-up and runs those of a sweep graph."""
+        return self.with_measure(warmup=self.measure.sweep_warmup, profile_runs=self.measure.sweep_runs)
 
     def on_device(self, device: str | None, agent_python: str | None = None) -> Target:
         """This target run on another device (validated like a target file); unchanged when both are None."""

@@ -66,6 +66,9 @@ BUILTIN: dict[str, str] = {
     "digits-resnet": "edgeprune.zoo.resnet:digits_resnet",
     "fashion-autoencoder": "edgeprune.zoo.autoencoder:fashion_autoencoder",
     "pendulum-agent": "edgeprune.zoo.pendulum:pendulum_agent",
+    "torchvision-resnet18": "edgeprune.zoo.vision:resnet18",
+    "torchvision-resnet50": "edgeprune.zoo.vision:resnet50",
+    "torchvision-mobilenet_v2": "edgeprune.zoo.vision:mobilenet_v2",
 }
 
 

@@ -32,6 +32,7 @@ from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
 from edgeprune.core.budgets import BudgetError, LatencyBudget, MetricBudget
 from edgeprune.core.hashing import state_dict_hash
 from edgeprune.core.manifest import StepRecord
+from edgeprune.core.progress import Progress, silent
 from edgeprune.core.targets import Target
 from edgeprune.core.task import TaskError, load_task, one_line
 from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
@@ -159,8 +160,9 @@ class Loop:
     """One tune run: the facts that do not change from step to step, the planner and the stop rules."""
 
     def __init__(self, settings: TuneSettings, target: Target, work: Path, key: str,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], progress: Progress = silent) -> None:
         self.settings, self.target, self.work, self.key, self.log = settings, target, work, key, log
+        self.progress = progress
         self.task = load_task(settings.task)
         self.runtime = get_runtime(self.target)
         self.latency_budget = LatencyBudget.parse(settings.latency_budget)
@@ -212,9 +214,10 @@ class Loop:
         measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
         from edgeprune.measure.store import ProfileStore, profile_task
 
-        self.log("cost model: reusing the stored one or measuring it (one profile per group and keep count)")
+        self.log("cost model: reusing the stored one or building it from per-layer latency tables")
         result = profile_task(self.task, self.target, self.runtime, self.inputs, dense, ProfileStore(),
-                              cost_model=True, stride=self.settings.cost_stride, artifact=artifact, log=self.log)
+                              cost_model=True, artifact=artifact, dense_ms=dense_ms, log=self.log,
+                              progress=self.progress)
         assert result.cost is not None
         cost = result.cost.calibrated([*result.cost.calibration.points, (result.cost.raw_ms({}), dense_ms)])
         return cost, result.cost_path

@@ -49,8 +49,6 @@ class TuneSettings(BaseModel):
         None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
     component_shares: dict[str, float] | None = Field(
         None, description="knapsack: component -> largest share of the latency budget its layers may take")
-    cost_stride: int = Field(1, ge=1, description="knapsack/gradient: the cost model measures every STRIDE-th "
-                                                   "granule step")
 
     @property
     def plans_latency(self) -> bool:

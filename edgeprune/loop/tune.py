@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgeprune.core.manifest import Manifest
+from edgeprune.core.progress import Progress, silent
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import one_line
 from edgeprune.loop.bundle import existing_run, write_bundle
@@ -30,7 +31,7 @@ class TuneResult:
 
 
 def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda _: None,
-         resume: bool = False) -> TuneResult:
+         resume: bool = False, progress: Progress = silent) -> TuneResult:
     """Run the loop for ``settings`` and publish the bundle to ``out`` (atomically).
 
     An identical finished run already in ``out`` is returned as it is; a different one is an error. The run is
@@ -61,7 +62,7 @@ def tune(settings: TuneSettings, out: Path, log: Callable[[str], None] = lambda 
     (staging / "work").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        loop = Loop(settings, target, staging / "work", key, log)
+        loop = Loop(settings, target, staging / "work", key, log, progress)
         outcome = loop.run(resume=resume)
         manifest = write_bundle(loop, staging, key, outcome, time.perf_counter() - started)
         shutil.rmtree(staging / "work")

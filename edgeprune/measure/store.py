@@ -20,11 +20,13 @@ import pandas as pd
 
 from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
 from edgeprune.core.hashing import digest_json, state_dict_hash
+from edgeprune.core.progress import Progress, silent
 from edgeprune.core.targets import Target
 from edgeprune.core.task import Task
 from edgeprune.devices.probe import cpu_model
 from edgeprune.measure.cost import CostModel, CostModelBuilder
 from edgeprune.measure.profile import attribute, load_profile, save_profile
+from edgeprune.measure.tables import TableStore
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import keep_count
 from edgeprune.runtimes import Runtime
@@ -138,18 +140,30 @@ class ProfileResult:
     cost_reused: bool = False
 
 
-def measurement_facts(task: Task, target: Target, runtime: Runtime, model_hash: str,
-                      inputs: tuple) -> dict[str, object]:
-    """Everything a profile depends on; its hash is the store key, and it is the profile's provenance.
+def target_facts(target: Target, runtime: Runtime) -> dict[str, object]:
+    """What a layer's time on this target depends on, whatever the model: the target's settings, the runtime's
+    versions and the machine. The key of the shared layer tables.
 
     On a remote device the runtime's versions carry the device's keyed facts (``device_model``, ``device_l4t``,
     ``device_tensorrt``, ``device_nvpmodel``…), so a profile from another board, JetPack or power mode is never
     reused; this machine's CPU is then irrelevant and left out.
     """
-    return {"task": task.name, "model_hash": model_hash, "input_shapes": [list(t.shape) for t in inputs],
-            "target": target.name, "target_digest": target.digest(), "runtime": runtime.name, **runtime.versions(),
+    return {"target": target.name, "target_digest": target.digest(), "runtime": runtime.name, **runtime.versions(),
             "device": target.device, "precision": target.precision,
             **(host_facts() if target.device == "local" else {})}
+
+
+def measurement_facts(task: Task, target: Target, runtime: Runtime, model_hash: str,
+                      inputs: tuple) -> dict[str, object]:
+    """Everything a profile depends on (the target's facts, the task, the weights, the input shapes); its hash is the
+    store key, and it is the profile's provenance."""
+    return {"task": task.name, "model_hash": model_hash, "input_shapes": [list(t.shape) for t in inputs],
+            **target_facts(target, runtime)}
+
+
+def table_store(root: Path, target: Target, runtime: Runtime) -> TableStore:
+    """The layer tables of this target, runtime and machine under ``root`` (shared by every task)."""
+    return TableStore(root, target.name, target_facts(target, runtime))
 
 
 def device_provenance(runtime: Runtime) -> dict[str, object]:
@@ -176,14 +190,14 @@ def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | No
 
 
 def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, graph: ComponentGraph,
-                 store: ProfileStore, *, refresh: bool = False, cost_model: bool = False, stride: int = 1,
-                 work: Path | None = None, artifact: Artifact | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> ProfileResult:
+                 store: ProfileStore, *, refresh: bool = False, cost_model: bool = False, work: Path | None = None,
+                 artifact: Artifact | None = None, dense_ms: float | None = None,
+                 log: Callable[[str], None] = lambda _: None, progress: Progress = silent) -> ProfileResult:
     """Profile the task's dense model on the target (or reuse the stored profile with the same key); optionally
     build (or reuse) its cost model. ``graph`` is the task's dense model, traced (by the caller, once; nothing here
     prunes it); ``artifact``, when given, is that model already exported and built (the loop's), profiled as it
-    is. ``work`` holds exports and the cost model's journal until both are stored, so a killed cost-model
-    build resumes where it stopped."""
+    is, and ``dense_ms`` its measured latency. ``work`` holds exports and the cost model's journal until both are
+    stored, so a killed cost-model build resumes where it stopped; layer tables are saved after every sweep."""
     model = graph.model
     facts = measurement_facts(task, target, runtime, state_dict_hash(model), inputs)
     key = profile_key(facts)
@@ -194,9 +208,10 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
     if frame is None and not refresh:
         for note in store.mismatches(task.name, target.name, key, facts):
             log(f"{note}: not reused, measuring anew")
-    if frame is None:
-        log("exporting and profiling the dense model")
+    if frame is None or cost_model:
         artifact = artifact or build_artifact(model, inputs, runtime, work, "dense", target.precision)
+    if frame is None:
+        log("profiling the dense model")
         frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
                           artifact.exported if runtime.source == "onnx" else None, graph.components,
                           {**facts, **device_provenance(runtime)})
@@ -207,13 +222,16 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
         for note in store.mismatches(task.name, target.name, key, facts, kind="cost"):
             log(f"{note}: not reused, building the cost model anew")
     if cost_model and cost is None:
-        log("building the cost model: one profile per group and keep count")
-        builder = CostModelBuilder(task.name, graph, inputs, runtime, target.granule, work / "cost", log)
-        cost = builder.build(stride=stride)
+        assert artifact is not None
+        log("building the cost model from per-layer latency tables")
+        builder = CostModelBuilder(task.name, graph, inputs, target, runtime, work / "cost",
+                                   table_store(store.root, target, runtime), log, progress)
+        if dense_ms is None:
+            dense_ms = runtime.latency(artifact.built, to_numpy(inputs)).median_ms
+        cost = builder.build(artifact.exported, frame, dense_ms)
         cost = cost.model_copy(update={"provenance": {**facts, **cost.provenance}})
         store.save_cost(cost, task.name, target.name, key)
     groups = group_table(frame, graph, cost, target.granule)
     shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in the store now
     return ProfileResult(key, frame, store.profile_path(task.name, target.name, key), reused, groups, cost,
                          store.cost_path(task.name, target.name, key) if cost else None, cost_reused)
-

@@ -69,15 +69,16 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
 
     while (aim := over()) is not None:
         best: tuple[float, str, int] | None = None
-        before = cost.component_ms(counts).get(aim, 0.0) if aim else predicted
+        before = cost.component_ms(counts).get(aim, 0.0) if aim else predicted  # only read for a component
         for g in free:
             i = position[g.key]
             if i + 1 >= len(steps[g.key]) or (aim and aim not in space.graph.groups[g.key].components):
                 continue
             hi, lo = steps[g.key][i], steps[g.key][i + 1]
-            trial = {**counts, g.key: lo}
-            after = cost.component_ms(trial).get(aim, 0.0) if aim else cost.predict_ms(trial)
-            saved = before - after
+            if aim:
+                saved = before - cost.component_ms({**counts, g.key: lo}).get(aim, 0.0)
+            else:
+                saved = cost.saving_ms(counts, g.key, lo)
             if saved <= 1e-12:
                 continue
             lost = float(g.scores[lo:hi].sum()) / means[g.cluster]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,8 @@ def component_of(module: str, components: dict[str, list[str]]) -> str:
 #: GRUCell and LSTMCell even when listed as ignored). They are traced as boundaries: their outputs are detached while
 #: tracing, so no group crosses them, and validation freezes any group whose cut would change what they receive.
 OPAQUE_CELLS = (nn.GRUCell, nn.LSTMCell)
+#: Recursion limit while :meth:`ComponentGraph.fork` copies a trace (ResNet-50's exceeds Python's default 1000).
+FORK_RECURSION = 50_000
 
 
 class GraphError(ValueError):
@@ -176,7 +179,12 @@ class ComponentGraph:
         shared: list[object] = [self.dg.ops, *self.dg.REGISTERED_PRUNERS.values(), *self.dg.CUSTOMIZED_PRUNERS.values(),
                                 *(node.grad_fn for node in self.dg.module2node.values())]
         memo: dict[int, object] = {id(x): x for x in shared}
-        return copy.deepcopy(self, memo)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, FORK_RECURSION))  # the dependency graph is a linked chain: deep to copy
+        try:
+            return copy.deepcopy(self, memo)
+        finally:
+            sys.setrecursionlimit(limit)
 
     def validate(self, example_inputs: tuple[torch.Tensor, ...], granule: int) -> dict[str, str]:
         """Trial-cut one granule block of every group on a fork and freeze the groups whose cut breaks the model: the

@@ -168,19 +168,19 @@ class Staircase:
     ms: list[float]
     """predicted end-to-end latency at each of ``kept``"""
     sampled: list[tuple[int, float]]
-    """the keep counts that were profiled (measured layer times, calibrated), with their latency"""
+    """the keep counts a plan can give the group (the granule's multiples), with their predicted latency"""
     plan_keep: int | None
     """the keep count this run's plan gives the group (None: not in the plan)"""
 
 
 def staircase_figure(curves: list[Staircase], path: Path, title: str = "") -> Path:
-    """Small multiples, one per group: the cost model's latency staircase, its profiled cuts and the plan's keep."""
+    """Small multiples, one per group: the cost model's latency staircase, its granule steps and the plan's keep."""
     cols = min(3, len(curves))
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, curve in zip(axes.flat, curves, strict=False):
         ax.step(curve.kept, curve.ms, where="post", color=PRUNED, lw=1.4, label="cost model")
-        ax.scatter(*zip(*curve.sampled, strict=True), color="black", s=16, zorder=3, label="profiled cut")
+        ax.scatter(*zip(*curve.sampled, strict=True), color="black", s=16, zorder=3, label="granule step")
         if curve.plan_keep is not None:
             ax.axvline(curve.plan_keep, color=BUDGET, ls="--", lw=1.1, label=f"plan keeps {curve.plan_keep}")
         ax.set_title(curve.group, fontsize=10)

@@ -288,9 +288,9 @@ def build_report(folder: Path, manifest: Manifest, figures: Path, store: Path | 
     else:
         curves = staircases(cost, plan)
         page.text(f"{source} Each panel: predicted end-to-end latency with only that group cut, at every kept "
-                  f"count (a partly filled granule costs what the full one does); dots are the profiled cuts; "
+                  f"count (a partly filled granule costs what the full one does); dots are the granule's steps; "
                   f"dashed, what this run's plan keeps. The {len(curves)} groups whose latency spans most.")
-        page.table(["group", "width", "profiled cuts", "predicted at fewest kept", "predicted at dense width",
+        page.table(["group", "width", "granule steps", "predicted at fewest kept", "predicted at dense width",
                     "plan keeps", "predicted at plan keep"], [
             [c.group, c.kept[-1], len(c.sampled) - 1, fmt_ms(c.ms[0]), fmt_ms(c.ms[-1]),
              c.plan_keep if c.plan_keep is not None else "—",

@@ -122,9 +122,14 @@ def wall_clock(call: Callable[[], object]) -> Callable[[], float]:
     return timed
 
 
+#: Timed runs a repetition makes even when they take longer than ``repeat_s``.
+MIN_RUNS = 10
+
+
 def timing_loop(fresh: Callable[[], AbstractContextManager[TimedSession]], measure: MeasureSettings) -> Latency:
     """Latency as every runtime reports it: in each of ``repeats`` fresh sessions, ``warmup`` untimed calls, then the
-    median of ``runs`` timed calls; p10/p90 over every timed call of every repetition.
+    median of ``runs`` timed calls (both cut short by ``repeat_s``); p10/p90 over every timed call of every
+    repetition.
 
     Fresh sessions make the repetitions independent (allocation, caches, tactic state), so their spread says how
     repeatable the number is; ``fresh`` opens one and closes it when its repetition ends.
@@ -133,12 +138,19 @@ def timing_loop(fresh: Callable[[], AbstractContextManager[TimedSession]], measu
     samples: list[np.ndarray] = []
     for _ in range(measure.repeats):
         with fresh() as session:
-            for _ in range(measure.warmup):
+            deadline = time.monotonic() + measure.repeat_s / 3
+            for i in range(measure.warmup):
                 session.call()
+                if i >= 2 and time.monotonic() > deadline:
+                    break
             session.settle()
             times = np.empty(measure.runs)
-            for i in range(measure.runs):
-                times[i] = session.timed_call()
+            deadline = time.monotonic() + measure.repeat_s
+            count = 0
+            while count < measure.runs and (count < MIN_RUNS or time.monotonic() < deadline):
+                times[count] = session.timed_call()
+                count += 1
+            times = times[:count]
         medians.append(float(np.median(times)))
         samples.append(times)
     everything = np.concatenate(samples)

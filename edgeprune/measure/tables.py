@@ -1,0 +1,490 @@
+"""Per-layer latency tables, measured on the target in sweep graphs (the approach of NetAdapt and HALP).
+
+A *site* is one ONNX node of a model whose tensor shapes a group sets. Which dims a group sets is read from one
+*probe* export: every group is cut to a width no tensor of the dense model has (e.g. 61 of 64), so after shape
+inference each changed dim names its group. The node with its changed dims made symbols (``a``, ``b``) is a
+:class:`LayerSignature`: op, attributes, operand shapes, dtypes. Layers with the same signature share one table,
+whatever model or group they come from: a 3×3 conv at 56×56 in ResNet-18 and ResNet-50 is measured once.
+
+A table holds the layer's time at a grid of symbol values (multiples of the granule on a roughly geometric ladder,
+the dense width always included). Tables are measured in *sweep graphs*: up to :data:`SWEEP_VARIANTS` single-layer
+variants as independent branches of one graph, each with its own input (no runtime can fuse them), timed by the
+runtime's per-layer profile; one session or one engine build measures them all. Every sweep also holds a few
+empty-work nodes whose time is the profiler's per-node floor, subtracted from each variant.
+
+Tables live in ``profiles/tables/TARGET-KEY.json``, keyed by the target's settings, the runtime's versions and the
+host (or device) facts; every sweep is saved as it finishes, so a killed build resumes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import onnx
+import pandas as pd
+from onnx import helper, numpy_helper
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeprune.core.hashing import digest_json
+
+FORMAT = "edgeprune.tables/1"
+#: Variants per sweep graph: one ORT session or one TensorRT engine build measures this many layers.
+SWEEP_VARIANTS = 100
+#: Bytes of weights and inputs per sweep graph (a 512×512 3×3 conv is 9 MB; ONNX files stop at 2 GB).
+SWEEP_BYTES = 384 << 20
+#: Multiples of the granule a table axis is sampled at (plus the dense width): dense where pruning starts, sparse
+#: where few plans go. Bilinear interpolation between samples is exact for a time proportional to cin × cout.
+LADDER = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+#: Nodes per sweep whose work is nil: their median time is the profiler's per-node floor.
+FLOOR_NODES = 4
+FLOOR_PREFIX = "floor"
+#: Nodes per sweep of one fixed layer (a 3×3 conv, 32 channels at 28×28): the machine's speed during that sweep.
+#: Tables are normalised to the first sweep's reference time, so a machine that drifts (a shared VM, a GPU clock)
+#: does not bend a table whose points were measured in different sweeps.
+REFERENCE_NODES = 2
+REFERENCE_PREFIX = "reference"
+#: Each variant's activations are written by a Relu right before it: in a model a layer reads what the layer before
+#: it just wrote, from cache; a graph input read cold from memory makes a small layer look slower than it is.
+WARM_PREFIX = "warm"
+SYMBOLS = "ab"
+
+
+def axis_grid(width: int, granule: int) -> tuple[int, ...]:
+    """The counts a table axis of dense ``width`` is sampled at: ladder multiples of the granule below the width,
+    then the width itself; a width no wider than one granule is never cut."""
+    if width <= granule:
+        return (width,)
+    return (*(granule * step for step in LADDER if granule * step < width), width)
+
+
+class Operand(BaseModel):
+    """One input of a layer: an activation (a graph input of the sweep), a weight (random, stored in the graph as
+    runtimes pre-pack weights), a constant (its values copied) or an omitted optional input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["input", "weight", "const", "none"]
+    dtype: int = onnx.TensorProto.FLOAT
+    dims: tuple[int | str, ...] = ()
+    values: tuple[float, ...] | None = None
+
+
+class LayerSignature(BaseModel):
+    """What a layer's time depends on: op, attributes, operands (symbols where a group sets a dim)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op_type: str
+    domain: str = ""
+    opset: int
+    attributes: dict[str, object] = Field(default_factory=dict)
+    symbolic_attributes: dict[str, str] = Field(default_factory=dict, description="attribute -> symbol (depthwise)")
+    operands: tuple[Operand, ...]
+    outputs: int = 1
+
+    @property
+    def key(self) -> str:
+        return digest_json(self.model_dump(mode="json"), 16)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        found = {d for o in self.operands for d in o.dims if isinstance(d, str)} | set(self.symbolic_attributes.values())
+        return tuple(s for s in SYMBOLS if s in found)
+
+    def describe(self) -> str:
+        """E.g. ``Conv 3x3 s2 (1,a,56,56)->(b,a,3,3)``: for tables and reports."""
+        shapes = " ".join("(" + ",".join(map(str, o.dims)) + ")" for o in self.operands if o.kind != "none")
+        kernel = self.attributes.get("kernel_shape")
+        strides = self.attributes.get("strides")
+        parts = [self.op_type, *(["x".join(map(str, kernel))] if kernel else []),
+                 *([f"s{max(strides)}"] if strides and max(strides) > 1 else []),
+                 *(["dw"] if self.symbolic_attributes else []), shapes]
+        return " ".join(parts)
+
+    def bytes_at(self, values: Mapping[str, int]) -> int:
+        """Bytes of weights and inputs of the variant at ``values``."""
+        size = 0
+        for operand in self.operands:
+            if operand.kind in ("input", "weight"):
+                size += 4 * math.prod(_dim(d, values) for d in operand.dims)
+        return size
+
+
+def _dim(dim: int | str, values: Mapping[str, int]) -> int:
+    return values[dim] if isinstance(dim, str) else dim
+
+
+class Site(BaseModel):
+    """A node of one model and how its shapes follow the groups: a table (``signature`` with a group per symbol) or,
+    for a node no table can describe, the groups its time is scaled with (``scaled``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: str
+    signature: LayerSignature | None = None
+    axes: tuple[str, ...] = Field((), description="the group setting each of the signature's symbols")
+    widths: tuple[int, ...] = Field((), description="each symbol's dense value")
+    scaled: tuple[str, ...] = ()
+    why: str = ""
+
+
+# -- finding sites ---------------------------------------------------------------------------------------------
+
+def probe_counts(widths: Mapping[str, int], taken: set[int]) -> dict[str, int]:
+    """Per group a width just below its own that no tensor dim of the dense model has and no other group got."""
+    counts: dict[str, int] = {}
+    used = set(taken)
+    for key, width in sorted(widths.items()):
+        for cut in range(1, width):
+            if width - cut not in used:
+                counts[key] = width - cut
+                used.add(width - cut)
+                break
+    return counts
+
+
+def _tensor_facts(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int], dict[str, np.ndarray]]:
+    """Shapes and element types of every tensor (shape-inferred), and the values of every constant."""
+    graph = model.graph
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        tensor = info.type.tensor_type
+        dtypes[info.name] = tensor.elem_type
+        if tensor.HasField("shape"):
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
+    constants: dict[str, np.ndarray] = {}
+    for init in graph.initializer:
+        constants[init.name] = numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    for name, value in constants.items():
+        shapes[name] = tuple(value.shape)
+        dtypes[name] = helper.np_dtype_to_tensor_dtype(value.dtype)
+    return shapes, dtypes, constants
+
+
+def all_dims(model: onnx.ModelProto) -> set[int]:
+    """Every dim value of every tensor of a (shape-inferred) model: what probe widths must avoid."""
+    return {d for shape in _tensor_facts(model)[0].values() for d in shape}
+
+
+def find_sites(dense: onnx.ModelProto, probe: onnx.ModelProto, probes: Mapping[str, int],
+               widths: Mapping[str, int]) -> list[Site]:
+    """The sites of ``dense`` (shape-inferred), read against ``probe``: the same model with group ``key`` cut to
+    ``probes[key]`` channels (shape-inferred). Nodes no group touches are not sites."""
+    group_of = {count: key for key, count in probes.items()}
+    d_shapes, d_types, d_consts = _tensor_facts(dense)
+    p_shapes, _, p_consts = _tensor_facts(probe)
+    d_nodes = [n for n in dense.graph.node if n.op_type != "Constant"]
+    p_nodes = [n for n in probe.graph.node if n.op_type != "Constant"]
+    if [n.op_type for n in d_nodes] == [n.op_type for n in p_nodes]:
+        pairs = list(zip(d_nodes, p_nodes, strict=True))
+    else:  # the cut changed the graph's structure: match by name where the op agrees
+        by_name = {n.name: n for n in p_nodes}
+        pairs = [(n, by_name[n.name]) for n in d_nodes if n.name in by_name and by_name[n.name].op_type == n.op_type]
+    opset = next((o.version for o in dense.opset_import if o.domain in ("", "ai.onnx")), 17)
+    sites = []
+    for node, twin in pairs:
+        site = _site(node, twin, opset, group_of, widths, (d_shapes, d_types, d_consts), (p_shapes, p_consts))
+        if site is not None:
+            sites.append(site)
+    return sites
+
+
+def _site(node: onnx.NodeProto, twin: onnx.NodeProto, opset: int, group_of: Mapping[int, str],
+          widths: Mapping[str, int], dense: tuple, probe: tuple) -> Site | None:
+    d_shapes, d_types, d_consts = dense
+    p_shapes, p_consts = probe
+    symbols: dict[str, str] = {}  # group -> symbol, in order of appearance
+    touched: list[str] = []
+    why = ""
+
+    def template(d: tuple[int, ...], p: tuple[int, ...]) -> tuple[int | str, ...] | None:
+        nonlocal why
+        if len(d) != len(p):
+            why = "its rank changes with a cut"
+            return None
+        dims: list[int | str] = []
+        for a, b in zip(d, p, strict=True):
+            if a == b:
+                dims.append(a)
+            elif b in group_of:
+                key = group_of[b]
+                touched.append(key)
+                symbols.setdefault(key, SYMBOLS[len(symbols)] if len(symbols) < len(SYMBOLS) else "?")
+                dims.append(symbols[key])
+            else:  # a dim derived from groups' widths (a concat, a head split): no table
+                why = why or f"a dim ({a}) that is no single group's width changes"
+                dims.append("?")
+        return tuple(dims)
+
+    operands = []
+    for name, other in zip(node.input, twin.input, strict=False):
+        if not name:
+            operands.append(Operand(kind="none"))
+            continue
+        if name not in d_shapes or other not in p_shapes:
+            why = why or "an input of unknown shape"
+            continue
+        dims = template(d_shapes[name], p_shapes[other]) or ()
+        symbolic = any(isinstance(d, str) for d in dims)
+        if name not in d_consts:
+            if d_types.get(name) != onnx.TensorProto.FLOAT:
+                why = why or "a non-float activation"
+            operands.append(Operand(kind="input", dtype=d_types.get(name, onnx.TensorProto.FLOAT), dims=dims))
+            continue
+        value = d_consts[name]
+        if value.dtype.kind == "f" and (symbolic or value.size > 16):  # weights: random values of the right shape
+            operands.append(Operand(kind="weight", dtype=d_types[name], dims=dims))
+            continue
+        if other not in p_consts or not np.array_equal(value, p_consts[other]):
+            why = why or "a constant input (a shape) changes with a cut"
+        operands.append(Operand(kind="const", dtype=d_types[name], dims=dims,
+                                values=tuple(value.astype(np.float64).ravel().tolist())))
+    changed_out = False
+    for name, other in zip(node.output, twin.output, strict=False):
+        a, b = d_shapes.get(name), p_shapes.get(other)
+        if a is None or b is None:
+            why = why or "an output of unknown shape"
+        elif a != b:
+            changed_out = True
+            template(a, b)
+    if not touched and not changed_out:
+        return None
+    attributes: dict[str, object] = {}
+    symbolic: dict[str, str] = {}
+    twin_attrs = {a.name: a for a in twin.attribute}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.TENSOR,
+                         onnx.AttributeProto.SPARSE_TENSOR, onnx.AttributeProto.TENSORS):
+            why = why or f"attribute {attr.name!r} holds a tensor or graph"
+            continue
+        other = helper.get_attribute_value(twin_attrs[attr.name]) if attr.name in twin_attrs else value
+        if value != other:
+            if isinstance(other, int) and other in group_of and group_of[other] in symbols:
+                symbolic[attr.name] = symbols[group_of[other]]
+                continue
+            why = why or f"attribute {attr.name!r} changes with a cut"
+        attributes[attr.name] = value.decode() if isinstance(value, bytes) else (
+            [v.decode() if isinstance(v, bytes) else v for v in value] if isinstance(value, list) else value)
+    groups = tuple(dict.fromkeys(touched))
+    if len(symbols) > len(SYMBOLS):
+        why = why or f"{len(symbols)} groups set its shapes (a table has at most {len(SYMBOLS)} axes)"
+    if why:
+        return Site(node=node.name, scaled=groups, why=why)
+    signature = LayerSignature(op_type=node.op_type, domain=node.domain, opset=opset, attributes=attributes,
+                               symbolic_attributes=symbolic, operands=tuple(operands), outputs=len(node.output))
+    axes = tuple(symbols)
+    return Site(node=node.name, signature=signature, axes=axes, widths=tuple(widths[k] for k in axes))
+
+
+# -- sweep graphs ----------------------------------------------------------------------------------------------
+
+Point = tuple[int, ...]
+
+
+def point_name(point: Point) -> str:
+    return "x".join(map(str, point))
+
+
+def _make_variant(index: int, signature: LayerSignature, point: Point, rng: np.random.Generator
+                  ) -> tuple[list[onnx.NodeProto], list[onnx.ValueInfoProto], list[onnx.TensorProto], list[np.ndarray],
+                             list[onnx.ValueInfoProto]]:
+    values = dict(zip(signature.symbols, point, strict=True))
+    prefix = f"v{index:05d}"
+    names, inputs, inits, feeds, warm = [], [], [], [], []
+    for j, operand in enumerate(signature.operands):
+        if operand.kind == "none":
+            names.append("")
+            continue
+        name = f"{prefix}_x{j}"
+        names.append(name)
+        dims = [_dim(d, values) for d in operand.dims]
+        dtype = helper.tensor_dtype_to_np_dtype(operand.dtype)
+        if operand.kind == "input":  # written by a Relu just before, as a layer's input is (in cache) in a model
+            inputs.append(helper.make_tensor_value_info(f"{name}_in", operand.dtype, dims))
+            feeds.append(rng.standard_normal(dims, dtype=np.float32).astype(dtype, copy=False))
+            warm.append(helper.make_node("Relu", [f"{name}_in"], [name], name=f"{WARM_PREFIX}{index:05d}_{j}"))
+        elif operand.kind == "weight":
+            inits.append(numpy_helper.from_array(
+                (0.05 * rng.standard_normal(dims, dtype=np.float32)).astype(dtype, copy=False), name))
+        else:
+            inits.append(numpy_helper.from_array(np.array(operand.values, dtype=dtype).reshape(dims), name))
+    outputs = [f"{prefix}_y{j}" for j in range(signature.outputs)]
+    attributes = {**signature.attributes, **{k: values[s] for k, s in signature.symbolic_attributes.items()}}
+    node = helper.make_node(signature.op_type, names, outputs, name=prefix, domain=signature.domain or None,
+                            **attributes)
+    infos = [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs]
+    return [*warm, node], inputs, inits, feeds, infos
+
+
+def sweep_graph(variants: Sequence[tuple[LayerSignature, Point]], opsets: Sequence[onnx.OperatorSetIdProto],
+                seed: int = 0) -> tuple[onnx.ModelProto, list[np.ndarray]]:
+    """One graph of independent single-layer branches ``v00000``, ``v00001``…, each with its own inputs, plus the
+    floor nodes; and the inputs to feed it."""
+    rng = np.random.default_rng(seed)
+    nodes, inputs, inits, feeds, outputs = [], [], [], [], []
+    for i, (signature, point) in enumerate(variants):
+        variant_nodes, ins, its, fds, outs = _make_variant(i, signature, point, rng)
+        nodes += variant_nodes
+        inputs += ins
+        inits += its
+        feeds += fds
+        outputs += outs
+    for i in range(FLOOR_NODES):  # a Relu of 8 floats: no work, only the profiler's and the executor's cost
+        x, y = f"{FLOOR_PREFIX}{i}_x", f"{FLOOR_PREFIX}{i}_y"
+        nodes.append(helper.make_node("Relu", [x], [y], name=f"{FLOOR_PREFIX}{i}"))
+        inputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, 8]))
+        outputs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None))
+        feeds.append(rng.standard_normal((1, 8), dtype=np.float32))
+    for i in range(REFERENCE_NODES):
+        x, w, y = (f"{REFERENCE_PREFIX}{i}_{s}" for s in "xwy")
+        nodes.append(helper.make_node("Conv", [x, w], [y], name=f"{REFERENCE_PREFIX}{i}", pads=[1, 1, 1, 1]))
+        inputs.append(helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, 32, 28, 28]))
+        inits.append(numpy_helper.from_array(0.05 * rng.standard_normal((32, 32, 3, 3), dtype=np.float32), w))
+        outputs.append(helper.make_tensor_value_info(y, onnx.TensorProto.FLOAT, None))
+        feeds.append(rng.standard_normal((1, 32, 28, 28), dtype=np.float32))
+    graph = helper.make_graph(nodes, "edgeprune-sweep", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=list(opsets), producer_name="edgeprune")
+    return model, feeds
+
+
+class SweepTimes(NamedTuple):
+    variants: dict[int, float]
+    floor_ms: float
+    reference_ms: float
+
+
+def variant_times(frame: pd.DataFrame, count: int) -> SweepTimes:
+    """Per variant index, its time in a sweep's per-layer profile (ORT nodes, or engine layers with the ONNX nodes
+    they cover); the per-node floor (median of the floor nodes) and the reference layer's time (floor subtracted)."""
+    times: dict[int, float] = {}
+    floors: list[float] = []
+    references: list[float] = []
+    for row in frame.itertuples():
+        covered = getattr(row, "onnx_nodes", None)
+        names = list(covered) if covered is not None and not isinstance(covered, float) else [str(row.layer)]
+        for name in names:
+            name = name.removeprefix("fused ")
+            if name.startswith(FLOOR_PREFIX):
+                floors.append(float(row.time_ms))
+            elif name.startswith(REFERENCE_PREFIX):
+                references.append(float(row.time_ms))
+            elif name.startswith("v") and name[1:6].isdigit():
+                index = int(name[1:6])
+                if index < count:
+                    times[index] = times.get(index, 0.0) + float(row.time_ms) / len(names)
+    floor = float(np.median(floors)) if floors else 0.0
+    return SweepTimes(times, floor, max(float(np.median(references)) - floor, 0.0) if references else 0.0)
+
+
+# -- the store ---------------------------------------------------------------------------------------------------
+
+class Table(BaseModel):
+    """One signature's measured times (floor subtracted), at every point measured so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signature: LayerSignature
+    points: dict[str, float] = Field(default_factory=dict, description="'a' or 'axb' -> ms")
+
+    def at(self, point: Point) -> float | None:
+        return self.points.get(point_name(point))
+
+
+class TableFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = FORMAT
+    facts: dict[str, object] = Field(default_factory=dict)
+    floor_ms: float = 0.0
+    reference_ms: float = Field(0.0, description="the reference layer's time in the first sweep: the tables' scale")
+    tables: dict[str, Table] = Field(default_factory=dict)
+    sweeps: int = Field(0, description="sweep graphs measured into this file (sessions or engine builds)")
+
+
+class TableStore:
+    """``ROOT/tables/TARGET-KEY.json``: the tables of one target, runtime and host; shared by every task."""
+
+    def __init__(self, root: Path, target: str, facts: dict[str, object]) -> None:
+        self.facts = facts
+        self.path = root / "tables" / f"{target}-{digest_json(facts, 16)}.json"
+        self.data = TableFile(facts=facts)
+        if self.path.is_file():
+            try:
+                data = TableFile.model_validate_json(self.path.read_text())
+            except ValueError:
+                data = None  # unreadable or of another format: measured anew, written over on the first save
+            if data is not None and data.format == FORMAT:
+                self.data = data
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(self.data.model_dump_json())
+        tmp.replace(self.path)
+
+    def table(self, signature: LayerSignature) -> Table:
+        return self.data.tables.setdefault(signature.key, Table(signature=signature))
+
+    def missing(self, sites: Iterable[Site], granule: int) -> list[tuple[LayerSignature, Point]]:
+        """Every (signature, grid point) the sites need that no table holds yet, each once."""
+        wanted: dict[tuple[str, Point], LayerSignature] = {}
+        for site in sites:
+            if site.signature is None:
+                continue
+            table = self.data.tables.get(site.signature.key)
+            for point in itertools.product(*(axis_grid(w, granule) for w in site.widths)):
+                if table is None or table.at(point) is None:
+                    wanted.setdefault((site.signature.key, point), site.signature)
+        return [(signature, point) for (_, point), signature in wanted.items()]
+
+    def measure(self, wanted: Sequence[tuple[LayerSignature, Point]], measure_sweep: Callable[[onnx.ModelProto,
+                list[np.ndarray], int], pd.DataFrame], opsets: Sequence[onnx.OperatorSetIdProto],
+                advance: Callable[[int], None] = lambda _: None) -> int:
+        """Measure ``wanted`` in sweep graphs (``measure_sweep(model, feeds, index)`` builds and profiles one),
+        saving after each; returns the number of sweeps."""
+        sweeps = 0
+        for batch in batches(wanted):
+            model, feeds = sweep_graph(batch, opsets, seed=sweeps)
+            frame = measure_sweep(model, feeds, sweeps)
+            times, floor, reference = variant_times(frame, len(batch))
+            if not self.data.reference_ms:
+                self.data.reference_ms = reference
+            scale = self.data.reference_ms / reference if reference > 0 else 1.0
+            missing = [i for i in range(len(batch)) if i not in times]
+            if missing:
+                raise ValueError(f"the sweep's profile has no time for {len(missing)} of its {len(batch)} variants "
+                                 f"(e.g. {batch[missing[0]][0].describe()} at {point_name(batch[missing[0]][1])})")
+            for i, (signature, point) in enumerate(batch):
+                self.table(signature).points[point_name(point)] = max(times[i] - floor, 0.0) * scale
+            n = self.data.sweeps
+            self.data.floor_ms = (self.data.floor_ms * n + floor) / (n + 1)
+            self.data.sweeps += 1
+            self.save()
+            sweeps += 1
+            advance(len(batch))
+        return sweeps
+
+
+def batches(wanted: Sequence[tuple[LayerSignature, Point]]) -> Iterable[list[tuple[LayerSignature, Point]]]:
+    """``wanted`` in sweeps of at most :data:`SWEEP_VARIANTS` variants and :data:`SWEEP_BYTES` bytes."""
+    batch: list[tuple[LayerSignature, Point]] = []
+    size = 0
+    for signature, point in wanted:
+        nbytes = signature.bytes_at(dict(zip(signature.symbols, point, strict=True)))
+        if batch and (len(batch) >= SWEEP_VARIANTS or size + nbytes > SWEEP_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((signature, point))
+        size += nbytes
+    if batch:
+        yield batch
