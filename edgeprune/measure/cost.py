@@ -18,6 +18,7 @@ overhead are not in the layer times): the dense model, a few random plans, and e
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import random
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.core.progress import Progress, silent
 from edgeprune.core.targets import Target
-from edgeprune.measure.profile import ORT_FUSED
+from edgeprune.measure.profile import row_nodes
 from edgeprune.measure.tables import Site, TableStore, all_dims, axis_grid, find_sites, point_name, probe_counts
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.importance import MagnitudeImportance
@@ -293,13 +294,6 @@ def random_counts(plan: Plan, granule: int, rng: random.Random, groups: list[str
     }
 
 
-def row_nodes(row: object) -> list[str]:
-    """The ONNX nodes a runtime layer (a profile row) covers: an engine layer lists them, an ORT node is one
-    (ORT names a node it fused from several after the first)."""
-    nodes = getattr(row, "onnx_nodes", None)
-    return list(nodes) if isinstance(nodes, (list, tuple)) else [str(row.layer).removeprefix(ORT_FUSED)]
-
-
 def layer_costs(profile: pd.DataFrame, sites: Sequence[Site], tables: TableStore, granule: int) -> list[LayerCost]:
     """Every row of the dense profile as a :class:`LayerCost`: the table of the heaviest site it covers, else the
     groups of a scaled site, else a constant."""
@@ -314,7 +308,7 @@ def layer_costs(profile: pd.DataFrame, sites: Sequence[Site], tables: TableStore
                 continue
             grid = tuple(axis_grid(w, granule) for w in site.widths)
             table = tables.data.tables[site.signature.key]
-            values = tuple(table.points[point_name(p)] for p in _grid_points(grid))
+            values = tuple(table.points[point_name(p)] for p in itertools.product(*grid))  # row-major
             tabled.append((values[-1], site, grid, values))
         if tabled:
             _, site, grid, values = max(tabled, key=lambda item: item[0])
@@ -325,10 +319,6 @@ def layer_costs(profile: pd.DataFrame, sites: Sequence[Site], tables: TableStore
             out.append(LayerCost(layer=str(row.layer), dense_ms=float(row.time_ms), component=component,
                                  scaled=scaled))
     return out
-
-
-def _grid_points(grid: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    return [tuple(p) for p in np.array(np.meshgrid(*grid, indexing="ij")).reshape(len(grid), -1).T.tolist()]
 
 
 class CostModelBuilder:

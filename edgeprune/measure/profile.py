@@ -20,6 +20,13 @@ from edgeprune.prune.graph import component_of
 ORT_FUSED = "fused "
 
 
+def row_nodes(row: object) -> list[str]:
+    """The ONNX nodes a runtime layer (a profile row) covers: an engine layer lists them, an ORT node is one
+    (ORT names a node it fused from several after the first)."""
+    nodes = getattr(row, "onnx_nodes", None)
+    return list(nodes) if isinstance(nodes, (list, tuple)) else [str(row.layer).removeprefix(ORT_FUSED)]
+
+
 def module_of_node(node: onnx.NodeProto, parameters: frozenset[str] = frozenset()) -> str:
     """The PyTorch module path an ONNX node was exported from ('' for the top-level model or when unknown).
 

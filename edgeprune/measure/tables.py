@@ -31,6 +31,7 @@ from onnx import helper, numpy_helper
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeprune.core.hashing import digest_json
+from edgeprune.measure.profile import row_nodes
 
 FORMAT = "edgeprune.tables/1"
 #: Variants per sweep graph: one ORT session or one TensorRT engine build measures this many layers.
@@ -370,10 +371,8 @@ def variant_times(frame: pd.DataFrame, count: int) -> SweepTimes:
     floors: list[float] = []
     references: list[float] = []
     for row in frame.itertuples():
-        covered = getattr(row, "onnx_nodes", None)
-        names = list(covered) if covered is not None and not isinstance(covered, float) else [str(row.layer)]
+        names = row_nodes(row)
         for name in names:
-            name = name.removeprefix("fused ")
             if name.startswith(FLOOR_PREFIX):
                 floors.append(float(row.time_ms))
             elif name.startswith(REFERENCE_PREFIX):
