@@ -40,7 +40,7 @@ from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import load_task
 from edgeprune.loop import target_inputs
-from edgeprune.measure.cost import CostModelBuilder, paired_latency, random_counts
+from edgeprune.measure.cost import CostModelBuilder, random_counts
 from edgeprune.measure.profile import attribute
 from edgeprune.measure.store import table_store
 from edgeprune.measure.tables import point_name, sweep_graph, variant_times
@@ -54,8 +54,8 @@ def p90(values: list[float]) -> float:
     return float(np.percentile(values, 90))
 
 
-def bench_task(name: str, target_name: str, variants: int, alone: int, pairs: int, work: Path, seed: int) -> tuple[
-        pd.DataFrame, pd.DataFrame]:
+def bench_task(name: str, target_name: str, variants: int, alone: int, compare: dict[str, float], work: Path,
+               seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     task, target = load_task(name), load_target(target_name)
     runtime = get_runtime(target)
     inputs = target_inputs(task, target)
@@ -78,6 +78,7 @@ def bench_task(name: str, target_name: str, variants: int, alone: int, pairs: in
     journal = folder / "variants.jsonl"
     done = [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
     rng = random.Random(seed + 1)  # not the calibration plans' stream
+    judge = get_runtime(target.with_measure(**compare))
     rows = []
     for i in range(variants):
         counts = random_counts(builder.plan, target.granule, rng, sorted(cost.groups))
@@ -87,7 +88,7 @@ def bench_task(name: str, target_name: str, variants: int, alone: int, pairs: in
         model = builder.pruned(counts)
         macs, _ = tp.utils.count_ops_and_params(model, inputs)
         path = export_onnx(model, inputs, folder / "variant.onnx")
-        paired = paired_latency(builder.once, path, dense_onnx, to_numpy(inputs), pairs)
+        paired = judge.compare(path, dense_onnx, to_numpy(inputs))
         measured = paired.model_ms
         row = {"task": name, "variant": i, "measured_ms": measured, "relative_ms": paired.ratio * cost.dense_ms,
                "predicted_ms": cost.predict_ms(counts),
@@ -160,12 +161,14 @@ def main() -> None:
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--variants", type=int, default=30)
     parser.add_argument("--alone", type=int, default=8, help="table points re-measured alone per task")
-    parser.add_argument("--pairs", type=int, default=3, help="alternating variant/dense measurements per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh session pairs per variant/dense comparison")
+    parser.add_argument("--repeat-s", type=float, default=1.5, help="seconds of alternating runs per repetition")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = RESULTS / ".cost_model-work"
-    parts = [bench_task(n, args.target, args.variants, args.alone, args.pairs, work, args.seed) for n in args.tasks]
+    compare = {"repeats": args.repeats, "repeat_s": args.repeat_s}
+    parts = [bench_task(n, args.target, args.variants, args.alone, compare, work, args.seed) for n in args.tasks]
     frame = pd.concat([p[0] for p in parts], ignore_index=True)
     alone = pd.concat([p[1] for p in parts], ignore_index=True)
     RESULTS.mkdir(exist_ok=True)
@@ -179,12 +182,12 @@ def main() -> None:
             f"`{command}` — target `{args.target}`, {platform.processor() or platform.machine()}, "
             f"{dt.date.today().isoformat()}, one fresh table store for the whole run (tasks in this order). "
             f"Error = |predicted − measured| / measured over variants the model never saw, measured relative to the "
-            f"dense model ({args.pairs} alternating single repetitions of variant and dense, median ratio × the "
-            f"dense latency): "
-            f"this machine's speed drifts by up to ±30 % between minutes, which a separate measurement of each "
-            f"catches (unpaired: the variant's own median latency). MAC = dense latency × MAC ratio. Build s: dense "
-            f"profile and latency, probe export, new table points (of which tables s), calibration (3 random plans, "
-            f"each measured in alternating pairs with the dense model). "
+            f"dense model (`Runtime.compare`: variant and dense timed run by run in alternation, {args.repeats} pairs "
+            f"of fresh sessions × {args.repeat_s:g} s, the median ratio × the dense latency): this machine's speed "
+            f"drifts by up to ±30 % between minutes, which separate measurements catch (unpaired: the variant's own "
+            f"median latency against the dense latency measured once). MAC = dense latency × MAC ratio. Build s: "
+            f"dense profile and latency, probe export, new table points (of which tables s), calibration (3 random "
+            f"plans, each compared with the dense model). "
             f"Sweep vs alone: |sweep − alone| / alone of {args.alone} table points measured again each in a graph of "
             f"its own.\n\n{shown.to_markdown(index=False)}\n")
     (RESULTS / "cost_model.md").write_text(text)

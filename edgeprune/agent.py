@@ -99,6 +99,10 @@ def latency(target: str, model: str, inputs: str) -> dict[str, Any]:
     return _runtime(target).latency(Path(model), _inputs(inputs)).to_dict()
 
 
+def compare(target: str, model: str, reference: str, inputs: str) -> dict[str, Any]:
+    return _runtime(target).compare(Path(model), Path(reference), _inputs(inputs))._asdict()
+
+
 def profile(target: str, model: str, inputs: str, out: str | None) -> dict[str, Any]:
     """Per-layer profile as JSON (columns, rows, attrs: list cells survive); with ``out`` also written there as
     ``profile.json`` and ``profile.csv``."""
@@ -220,12 +224,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build")
     for flag in ("--target", "--model", "--folder"):
         p.add_argument(flag, required=True)
-    for command in ("run", "latency", "profile"):
+    for command in ("run", "latency", "compare", "profile"):
         p = sub.add_parser(command)
         for flag in ("--target", "--model", "--inputs"):
             p.add_argument(flag, required=True, help="--inputs -: a base64 .npz on stdin" if flag == "--inputs" else None)
-        if command != "latency":
+        if command in ("run", "profile"):
             p.add_argument("--out")
+        if command == "compare":
+            p.add_argument("--reference", required=True)
     p = sub.add_parser("verify")
     p.add_argument("path")
     p.add_argument("sha256")
@@ -257,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run(args.target, args.model, args.inputs, args.out)
         elif args.command == "latency":
             result = latency(args.target, args.model, args.inputs)
+        elif args.command == "compare":
+            result = compare(args.target, args.model, args.reference, args.inputs)
         elif args.command == "profile":
             result = profile(args.target, args.model, args.inputs, args.out)
         elif args.command == "verify":

@@ -77,6 +77,8 @@ def test_remote_run_and_latency_match_the_local_runtime(device_env: Sshd, tmp_pa
     np.testing.assert_array_equal(runtime.run(built, [x])[0], np.maximum(x, 0))
     latency = runtime.latency(built, [x])
     assert len(latency.repeats_ms) == TINY["repeats"] and latency.median_ms > 0
+    paired = runtime.compare(built, built, [x])  # the agent times both in alternation on the device
+    assert len(paired.ratios) == TINY["repeats"] and 0.5 < paired.ratio < 2.0 and paired.model_ms > 0
 
 
 @pytest.mark.filterwarnings("ignore:.*printed no 10/90 % percentiles")

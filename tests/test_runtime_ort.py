@@ -43,6 +43,31 @@ def test_latency_is_the_median_of_fresh_session_medians(tmp_path: Path, two_part
     assert latency.to_dict()["repeats_ms"] == list(latency.repeats_ms)
 
 
+def test_compare_times_two_models_in_alternation(tmp_path: Path, two_part, image, fast_target) -> None:
+    """A model against itself is 1.0 within noise; against a model doing 6 more Relu passes over a 256k tensor it is
+    clearly faster: the ratio is the median over alternating calls, per fresh pair of sessions."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def relus(count: int, path: Path) -> Path:
+        nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(count)]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [256, 1024])],
+                                  [helper.make_tensor_value_info(f"t{count}", TensorProto.FLOAT, [256, 1024])])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), str(path))
+        return path
+
+    runtime = get_runtime(fast_target)
+    x = [np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)]
+    light, heavy = relus(2, tmp_path / "light.onnx"), relus(8, tmp_path / "heavy.onnx")
+    same = runtime.compare(light, light, x)
+    assert len(same.ratios) == fast_target.measure.repeats and 0.8 < same.ratio < 1.25
+    faster = runtime.compare(light, heavy, x)
+    assert faster.ratio < 0.6 and faster.model_ms < faster.reference_ms
+    assert faster.ratio == sorted(faster.ratios)[len(faster.ratios) // 2]
+    record = faster.latency(10.0)  # on the scale of a reference measured at 10 ms
+    assert record["median_ms"] == pytest.approx(10.0 * faster.ratio) and record["relative"] == faster.ratio
+
+
 def test_profile_attributes_nodes_to_modules(tmp_path: Path, two_part, image, fast_target) -> None:
     runtime = get_runtime(fast_target)
     path = export_onnx(two_part, image, tmp_path / "m.onnx")

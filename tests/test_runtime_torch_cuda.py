@@ -106,6 +106,8 @@ def test_cuda_run_latency_and_profile(tmp_path: Path, two_part, image) -> None:
         np.testing.assert_allclose(out, two_part(*image).numpy(), rtol=1e-3, atol=1e-4)
     latency = runtime.latency(path, to_numpy(image))
     assert len(latency.repeats_ms) == 2 and latency.median_ms > 0
+    paired = runtime.compare(path, path, to_numpy(image))
+    assert len(paired.ratios) == 2 and 0.5 < paired.ratio < 2.0
     frame = runtime.profile(path, to_numpy(image))
     assert {"layer", "op_type", "time_ms"} <= set(frame.columns)
     assert frame.set_index("layer").loc["encoder.0", "op_type"] == "Conv2d"

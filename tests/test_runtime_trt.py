@@ -427,6 +427,12 @@ def test_run_and_latency_go_through_device_buffers(fake: FakeTensorRT, tmp_path:
     assert latency.repeats_ms == (0.5,) * m.repeats  # the fake's CUDA events say 0.5 ms
     assert fake.contexts == m.repeats and fake.executions == m.repeats * (m.warmup + m.runs)
     assert not fake.cudart.memory  # every buffer was freed
+    fake.executions = fake.contexts = 0
+    other = runtime.build(_onnx(tmp_path / "b.onnx"), tmp_path)
+    paired = runtime.compare(plan, other, [x])  # two contexts open at once, executions alternating
+    assert paired.ratios == (1.0,) * m.repeats and paired.model_ms == paired.reference_ms == 0.5
+    assert fake.contexts == 2 * m.repeats and fake.executions == 2 * m.repeats * (m.warmup + m.runs)
+    assert not fake.cudart.memory
 
 
 def test_profile_joins_profiler_times_with_the_inspectors_layers(fake: FakeTensorRT, tmp_path: Path) -> None:

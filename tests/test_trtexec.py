@@ -319,6 +319,10 @@ def test_trtexec_runtime_builds_times_profiles_and_runs(fake_trtexec: Path, tmp_
     assert latency.repeats_ms == (0.862183, 0.862183)
     assert (latency.p10_ms, latency.p90_ms) == (0.856049, 0.872559)
     assert _argv(tmp_path)[-1] == timing_command(str(fake_trtexec), plan, target.tensorrt, target.measure)[1:]
+    before = len(_argv(tmp_path))
+    paired = runtime.compare(plan, plan, [np.zeros((1, 4), np.float32)])
+    assert paired.ratio == 1.0 and paired.model_ms == 0.862183  # one timing process per side and repetition
+    assert len(_argv(tmp_path)) - before == 2 * target.measure.repeats
 
     frame = runtime.profile(plan, [np.zeros((1, 4), np.float32)])
     real = _real("fp16")

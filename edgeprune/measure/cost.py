@@ -25,7 +25,6 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -250,28 +249,6 @@ def _multilinear(table: Sequence[float], grid: Sequence[Sequence[int]], at: Sequ
     return sum(w * table[index] for index, w in corners)
 
 
-class Paired(NamedTuple):
-    """A model measured against a reference, alternately: the median ratio, and each side's median latency."""
-
-    ratio: float
-    model_ms: float
-    reference_ms: float
-
-
-def paired_latency(runtime: Runtime, model: Path, reference: Path, inputs: Sequence[np.ndarray], pairs: int) -> Paired:
-    """``model``'s latency over ``reference``'s from ``pairs`` measurements of one repetition each, taken alternately
-    (``runtime`` measures one repetition). A machine whose speed drifts between minutes (a shared VM: ±30 % here)
-    moves both sides of a pair alike, where two separate measurements would each catch another speed."""
-    mine, theirs = [], []
-    for i in range(pairs):  # which side goes first alternates too, so a steady drift within a pair cancels
-        first, second = (model, reference) if i % 2 == 0 else (reference, model)
-        a, b = runtime.latency(first, inputs).median_ms, runtime.latency(second, inputs).median_ms
-        mine.append(a if first is model else b)
-        theirs.append(b if first is model else a)
-    ratio = float(np.median(np.array(mine) / np.array(theirs)))
-    return Paired(ratio, float(np.median(mine)), float(np.median(theirs)))
-
-
 def plan_counts(plan: Plan) -> dict[str, int]:
     """Keep counts of the groups a plan cuts (a group at its dense width costs what the dense model costs)."""
     return {key: len(group.keep) for key, group in plan.pruned_groups.items()}
@@ -336,8 +313,6 @@ class CostModelBuilder:
         self.task_name, self.graph, self.inputs, self.granule = task_name, graph, inputs, target.granule
         self.runtime, self.folder, self.tables, self.log, self.progress = runtime, folder, tables, log, progress
         self.sweep_runtime = get_runtime(target.for_sweeps())
-        self.once = get_runtime(target.with_measure(repeats=1))  # for paired measurements
-        self.repeats = target.measure.repeats
         self.plan = Plan.dense(task_name, graph)
         folder.mkdir(parents=True, exist_ok=True)
         self.journal = folder / "calibration.jsonl"
@@ -391,8 +366,8 @@ class CostModelBuilder:
         """Latency of the model cut to ``counts`` relative to the dense model's, measured in pairs (journalled)."""
         if sample_id not in self.done:
             path = export_onnx(self.pruned(counts), self.inputs, self.folder / "calibration.onnx")
-            self.done[sample_id] = paired_latency(self.once, self.runtime.build(path, self.folder), dense_built,
-                                                  to_numpy(self.inputs), self.repeats).ratio
+            self.done[sample_id] = self.runtime.compare(self.runtime.build(path, self.folder), dense_built,
+                                                        to_numpy(self.inputs)).ratio
             with self.journal.open("a") as fh:
                 fh.write(json.dumps({"id": sample_id, "ratio": self.done[sample_id]}) + "\n")
         return self.done[sample_id]
@@ -401,7 +376,7 @@ class CostModelBuilder:
               seed: int = 0) -> CostModel:
         """``dense_onnx``/``dense_profile``/``dense_ms``: the dense model exported, profiled (rows attributed to
         components) and timed on the target. Calibration plans are random plans at pruning levels spread evenly up to
-        :data:`HEAVIEST`, measured relative to the dense model (see :func:`paired_latency`) and scaled by
+        :data:`HEAVIEST`, measured relative to the dense model (:meth:`Runtime.compare`) and scaled by
         ``dense_ms``."""
         sites = self.sites(dense_onnx)
         tabled = sum(site.signature is not None for site in sites)

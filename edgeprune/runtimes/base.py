@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -85,6 +85,10 @@ class Runtime(Protocol):
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency: ...
 
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        """``model``'s latency relative to ``reference``'s, timed alternately (see :func:`paired_loop`)."""
+        ...
+
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         """One row per runtime layer/node: ``layer``, ``op_type``, ``time_ms`` (mean per inference).
 
@@ -92,6 +96,24 @@ class Runtime(Protocol):
         node as rows of their own, totalled in ``attrs["unattributed_ms"]``.
         """
         ...
+
+
+class Paired(NamedTuple):
+    """A model timed against a reference, alternately: the median ratio, each side's median latency and the ratio of
+    every repetition."""
+
+    ratio: float
+    model_ms: float
+    reference_ms: float
+    ratios: tuple[float, ...] = ()
+
+    def latency(self, reference_ms: float) -> dict[str, object]:
+        """The model's latency as a manifest records it, on the scale of a reference latency measured earlier
+        (``ratio × reference_ms``: what the reference measured then, this model would have measured then too)."""
+        values = self.ratios or (self.ratio,)
+        return {"median_ms": self.ratio * reference_ms, "spread": (max(values) - min(values)) / self.ratio,
+                "relative": self.ratio, "repeat_ratios": list(values), "model_ms": self.model_ms,
+                "reference_ms": self.reference_ms}
 
 
 def _nothing() -> None:
@@ -155,3 +177,44 @@ def timing_loop(fresh: Callable[[], AbstractContextManager[TimedSession]], measu
         samples.append(times)
     everything = np.concatenate(samples)
     return Latency(tuple(medians), float(np.percentile(everything, 10)), float(np.percentile(everything, 90)))
+
+
+def paired_loop(fresh_model: Callable[[], AbstractContextManager[TimedSession]],
+                fresh_reference: Callable[[], AbstractContextManager[TimedSession]], measure: MeasureSettings) -> Paired:
+    """Two models timed call by call in alternation (which goes first alternates too), in ``repeats`` pairs of fresh
+    sessions: the ratio is the median over calls of model time / reference time, then over repetitions.
+
+    A shared machine's speed drifts between seconds (±30 % on the 2-core VM this was written on): two separate
+    latencies each catch another speed, while the two calls of one alternation see the same one. Measured
+    2026-12-01 on ResNet-50 against one pruned variant: 0.543 four times in a row by call, 0.518–0.551 with whole
+    repetitions alternated."""
+    ratios: list[float] = []
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(measure.repeats):
+        with fresh_model() as model, fresh_reference() as reference:
+            deadline = time.monotonic() + 2 * measure.repeat_s / 3
+            for i in range(measure.warmup):
+                model.call()
+                reference.call()
+                if i >= 2 and time.monotonic() > deadline:
+                    break
+            model.settle()
+            reference.settle()
+            a, b = np.empty(measure.runs), np.empty(measure.runs)
+            deadline = time.monotonic() + 2 * measure.repeat_s
+            count = 0
+            while count < measure.runs and (count < MIN_RUNS or time.monotonic() < deadline):
+                if count % 2:
+                    b[count] = reference.timed_call()
+                    a[count] = model.timed_call()
+                else:
+                    a[count] = model.timed_call()
+                    b[count] = reference.timed_call()
+                count += 1
+            a, b = a[:count], b[:count]
+        ratios.append(float(np.median(a / b)))
+        mine.append(float(np.median(a)))
+        theirs.append(float(np.median(b)))
+    return Paired(statistics.median(ratios), statistics.median(mine), statistics.median(theirs), tuple(ratios))
+

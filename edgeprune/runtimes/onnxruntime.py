@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from edgeprune.core.targets import Target
-from edgeprune.runtimes.base import Latency, TimedSession, timing_loop, wall_clock
+from edgeprune.runtimes.base import Latency, Paired, TimedSession, paired_loop, timing_loop, wall_clock
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -74,6 +74,10 @@ class OrtRuntime:
         """Median of ``runs`` timed calls in each of ``repeats`` fresh sessions, after ``warmup`` calls each (host
         clock: ``run`` returns when the outputs are there)."""
         return timing_loop(lambda: self._timed_session(model, inputs), self.measure)
+
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        return paired_loop(lambda: self._timed_session(model, inputs), lambda: self._timed_session(reference, inputs),
+                           self.measure)
 
     @contextlib.contextmanager
     def _timed_session(self, model: Path, inputs: Sequence[np.ndarray]) -> Iterator[TimedSession]:

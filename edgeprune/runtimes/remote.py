@@ -22,7 +22,7 @@ import pandas as pd
 from edgeprune.core.hashing import digest_json, sha256_file
 from edgeprune.devices.probe import key_facts
 from edgeprune.devices.transport import Device, run_agent, safe_name, workdir
-from edgeprune.runtimes.base import Latency
+from edgeprune.runtimes.base import Latency, Paired
 
 if TYPE_CHECKING:
     from edgeprune.core.targets import Target
@@ -100,6 +100,11 @@ class RemoteRuntime:
 
     def latency(self, model: Path, inputs: Sequence[np.ndarray]) -> Latency:
         return Latency.from_dict(self._agent("latency", "--model", self._model(model), inputs=inputs))
+
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        answer = self._agent("compare", "--model", self._model(model), "--reference", self._model(reference),
+                             inputs=inputs)
+        return Paired(answer["ratio"], answer["model_ms"], answer["reference_ms"], tuple(answer["ratios"]))
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         data = self._agent("profile", "--model", self._model(model), inputs=inputs)

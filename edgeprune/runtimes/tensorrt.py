@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 
 from edgeprune.core.targets import Target
-from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing, TimedSession, timing_loop
+from edgeprune.runtimes.base import (
+    Latency,
+    Paired,
+    RuntimeFailure,
+    RuntimeMissing,
+    TimedSession,
+    paired_loop,
+    timing_loop,
+)
 from edgeprune.runtimes.trtexec_formats import (
     OnnxFacts,
     engine_profile,
@@ -305,6 +313,17 @@ class TensorRTRuntime:
         start, end = self.cuda.call("cudaEventCreate"), self.cuda.call("cudaEventCreate")
         try:
             return timing_loop(lambda: self._timed_session(engine, inputs, start, end), self.measure)
+        finally:
+            self.cuda.call("cudaEventDestroy", start)
+            self.cuda.call("cudaEventDestroy", end)
+
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        """Both engines loaded, their fresh execution contexts timed execution by execution in alternation."""
+        mine, theirs = self._engine(model), self._engine(reference)
+        start, end = self.cuda.call("cudaEventCreate"), self.cuda.call("cudaEventCreate")
+        try:  # one pair of events serves both: the timed calls never overlap
+            return paired_loop(lambda: self._timed_session(mine, inputs, start, end),
+                               lambda: self._timed_session(theirs, inputs, start, end), self.measure)
         finally:
             self.cuda.call("cudaEventDestroy", start)
             self.cuda.call("cudaEventDestroy", end)

@@ -22,7 +22,15 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from edgeprune.core.targets import Target
-from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing, TimedSession, timing_loop
+from edgeprune.runtimes.base import (
+    Latency,
+    Paired,
+    RuntimeFailure,
+    RuntimeMissing,
+    TimedSession,
+    paired_loop,
+    timing_loop,
+)
 
 #: The profile row holding forward time spent outside every leaf module (functional ops in a parent's forward).
 OUTSIDE = "(outside leaf modules)"
@@ -191,6 +199,13 @@ class TorchCudaRuntime:
         timer = CudaEventTimer(self.device)
         with torch.inference_mode(), torch.cuda.device(self.device):
             return timing_loop(lambda: self._timed_session(model, tensors, timer), self.measure)
+
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        tensors = self._tensors(inputs)
+        timer = CudaEventTimer(self.device)
+        with torch.inference_mode(), torch.cuda.device(self.device):
+            return paired_loop(lambda: self._timed_session(model, tensors, timer),
+                               lambda: self._timed_session(reference, tensors, timer), self.measure)
 
     @contextlib.contextmanager
     def _timed_session(self, model: Path, tensors: Sequence[torch.Tensor],

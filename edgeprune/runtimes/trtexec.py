@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from edgeprune.core.hashing import digest_json
-from edgeprune.runtimes.base import Latency, RuntimeFailure, RuntimeMissing
+from edgeprune.runtimes.base import Latency, Paired, RuntimeFailure, RuntimeMissing
 from edgeprune.runtimes.trtexec_formats import (
     OnnxFacts,
     device_name,
@@ -278,12 +278,7 @@ class TrtexecRuntime:
         """
         medians, p10s, p90s = [], [], []
         for _ in range(self.measure.repeats):
-            log = self._call(timing_command(self.exe, self._push(model, if_missing=True), self.settings, self.measure),
-                             f"timing of {model.name}")
-            gpu = parse_perf_summary(log).get("GPU Compute Time")
-            if not isinstance(gpu, dict) or "median" not in gpu:
-                raise RuntimeFailure(f"trtexec timing of {model.name} printed no 'GPU Compute Time' summary: "
-                                     f"{last_log_line(log)}")
+            gpu = self._timing(model)
             medians.append(gpu["median"])
             if not {"percentile(10%)", "percentile(90%)"} <= gpu.keys():
                 warnings.warn(f"{self.exe} printed no 10/90 % percentiles (TensorRT < 8.6?): p10/p90 are its min/max",
@@ -291,6 +286,28 @@ class TrtexecRuntime:
             p10s.append(gpu.get("percentile(10%)", gpu.get("min", gpu["median"])))
             p90s.append(gpu.get("percentile(90%)", gpu.get("max", gpu["median"])))
         return Latency(tuple(medians), statistics.median(p10s), statistics.median(p90s))
+
+    def _timing(self, model: Path) -> dict[str, float]:
+        """One trtexec process timing ``model``: its "GPU Compute Time" statistics (ms)."""
+        log = self._call(timing_command(self.exe, self._push(model, if_missing=True), self.settings, self.measure),
+                         f"timing of {model.name}")
+        gpu = parse_perf_summary(log).get("GPU Compute Time")
+        if not isinstance(gpu, dict) or "median" not in gpu:
+            raise RuntimeFailure(f"trtexec timing of {model.name} printed no 'GPU Compute Time' summary: "
+                                 f"{last_log_line(log)}")
+        return gpu
+
+    def compare(self, model: Path, reference: Path, inputs: Sequence[np.ndarray]) -> Paired:
+        """trtexec times whole processes, so the alternation is per process (``repeats`` of each, which goes first
+        alternating): coarser than in-process runtimes' alternation per call."""
+        mine, theirs = [], []
+        for i in range(self.measure.repeats):
+            first, second = (model, reference) if i % 2 == 0 else (reference, model)
+            a, b = self._timing(first)["median"], self._timing(second)["median"]
+            mine.append(a if first is model else b)
+            theirs.append(b if first is model else a)
+        ratios = tuple(float(r) for r in np.array(mine) / np.array(theirs))
+        return Paired(statistics.median(ratios), statistics.median(mine), statistics.median(theirs), ratios)
 
     def profile(self, model: Path, inputs: Sequence[np.ndarray]) -> pd.DataFrame:
         """Per-layer mean time over ``profile_runs`` inferences, joined with the build's layer info (``--exportProfile``
