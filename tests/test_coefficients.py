@@ -341,3 +341,25 @@ def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -
     _same_outputs(task, pruned, new_plan)
     with pytest.raises(PlannerError, match="latency target needs strategy 'gradient'"):
         _run(task, two_part, plan, 0.3, "grid", cost=cost, budget_ms=2.4)
+
+
+@pytest.mark.parametrize("strategy", ["tp-local", "tp-global", "tp-taylor", "halp"])
+def test_latency_baselines_size_their_cut_on_the_cost_model(two_part, strategy: str) -> None:
+    """The fair bench's baselines aim at the loop's latency targets on the same cost model as the knapsack: each lands
+    in time by the model's prediction, with its own channel choice (none sees components)."""
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+    proposal = get_planner(strategy).propose(_context(task, two_part, plan, cost=cost),
+                                             LatencyTarget(2.6))
+    assert proposal.predicted_ms is not None and proposal.predicted_ms <= 2.6
+    assert cost.predict_ms(proposal.plan) == pytest.approx(proposal.predicted_ms)
+    _same_outputs(task, proposal.model, proposal.plan)
+    kept = {key: proposal.plan.kept(key) for key in ("encoder.0", "encoder.3", "decoder.1")}
+    if strategy == "tp-local":  # one ratio everywhere, also where cutting buys nothing on this target
+        ratio = proposal.searched["encoder.0"]
+        assert set(proposal.searched.values()) == {ratio} and kept["encoder.3"] < 64
+        assert kept == {k: keep_count(w, ratio, GRANULE) for k, w in zip(kept, (32, 64, 48))}
+    if strategy == "halp":  # a knapsack: never pays importance for a block that saves no time
+        assert kept["encoder.3"] == 64
+    with pytest.raises(PlannerError, match="out of reach"):
+        get_planner(strategy).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(0.5))

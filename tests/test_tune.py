@@ -6,6 +6,7 @@ prunes the digits autoencoder without fine-tuning, whose PSNR collapses after a 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -150,6 +151,13 @@ def test_rolled_back_steps_never_land_and_infeasible_budgets_say_why(tmp_path: P
     steps = manifest["steps"]
     rolled_back = [s for s in steps if s["status"] == "rolled-back"]
     assert rolled_back and all(s["metrics"]["psnr"] < dense_psnr - 0.5 for s in rolled_back)
+    best, tried = 0.0, []  # each step's increment over the model it started from: halved after every rollback
+    for step in steps[1:]:
+        tried.append((step["ratio"] - best, step["status"]))
+        best = step["ratio"] if step["status"] == "accepted" else best
+    assert tried[0][0] == pytest.approx(0.3)
+    assert all(after == pytest.approx(before / 2) for (before, status), (after, _) in itertools.pairwise(tried)
+               if status == "rolled-back")
     plan = Plan.load(out / "plan.json")
     assert plan.digest() == manifest["pruned"]["plan_digest"]
     assert plan.digest() not in {s["plan_digest"] for s in rolled_back}
@@ -283,3 +291,12 @@ def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_ta
     # the resumed run's weights are what its plan and fine-tuning made: reload and evaluate as published
     task, model = load_pruned(out)
     assert task.evaluate(model)["psnr"] == pytest.approx(result.manifest.pruned.metrics["psnr"])
+
+
+def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:
+    from edgeprune.loop.loop import MAX_STEP, next_increment
+
+    assert next_increment(0.1, 0.0) == pytest.approx(0.15)  # the metric did not move: a larger share next
+    assert next_increment(0.1, 0.5) == 0.1 and next_increment(0.1, 0.9) == 0.05
+    assert next_increment(0.25, 0.1) == MAX_STEP and next_increment(0.5, 0.1) == 0.5  # capped, never shrunk by calm
+    assert next_increment(0.1, -0.2) == pytest.approx(0.15)  # the step even improved the metric

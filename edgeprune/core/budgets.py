@@ -47,6 +47,11 @@ class MetricBudget:
     def holds(self, value: float, dense: float) -> bool:
         return bool(_OPS[self.op](value, self.threshold(dense)))
 
+    def headroom(self, value: float, dense: float) -> float:
+        """How far ``value`` is from the threshold on the side where the budget holds (negative: broken)."""
+        margin = value - self.threshold(dense)
+        return margin if self.op in (">=", ">") else -margin
+
     def check_metric(self, available: dict[str, float]) -> None:
         if self.metric not in available:
             raise BudgetError(f"metric {self.metric!r} is not reported by the task; it reports: {', '.join(sorted(available))}")

@@ -69,6 +69,8 @@ BUILTIN: dict[str, str] = {
     "torchvision-resnet18": "edgeprune.zoo.vision:resnet18",
     "torchvision-resnet50": "edgeprune.zoo.vision:resnet50",
     "torchvision-mobilenet_v2": "edgeprune.zoo.vision:mobilenet_v2",
+    "fashion-resnet18": "edgeprune.zoo.fashion:resnet18",
+    "fashion-mobilenet_v2": "edgeprune.zoo.fashion:mobilenet_v2",
 }
 
 

@@ -53,6 +53,18 @@ from edgeprune.runtimes import Latency, get_runtime
 
 CHECKPOINT = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.pt"
+#: The schedule: an accepted step that used under ``CALM`` of the metric's remaining headroom makes the next increment
+#: ``GROW`` times larger (up to ``MAX_STEP``); one that used over ``STRAIN`` of it makes it half as large; a rollback
+#: halves it too. Gradual pruning with fine-tuning in between keeps the metric; a jump to the budget breaks it.
+CALM, STRAIN, GROW, MAX_STEP = 0.25, 0.75, 1.5, 0.3
+
+
+def next_increment(step: float, used: float) -> float:
+    """The schedule's next increment after an accepted step of ``step`` that used ``used`` of the metric's headroom
+    (0: the metric did not move, 1: it reached its budget): see :data:`CALM`."""
+    if used < CALM:
+        return max(step, min(MAX_STEP, step * GROW))
+    return step / 2 if used > STRAIN else step
 
 
 class Baseline(BaseModel):
@@ -81,7 +93,7 @@ class LoopState(BaseModel):
     ratio: float
     """Ratio strategies: the channels cut so far. Latency planners: the share of dense latency aimed at so far."""
     step: float
-    """The next increment of ``ratio``; halved after a rollback."""
+    """The next increment of ``ratio``: halved after a rollback, adapted after an accepted step (:meth:`Loop.next_step`)."""
     steps: list[StepRecord]
     best: int = 0
     """Index of the step the current model comes from (the dense model, or the last accepted step)."""
@@ -181,6 +193,13 @@ class Loop:
     def measure(self, model: nn.Module, name: str) -> tuple[Artifact, Latency]:
         artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
         return artifact, self.runtime.latency(artifact.built, to_numpy(self.inputs))
+
+    def measure_step(self, model: nn.Module, name: str) -> tuple[Artifact, dict[str, object]]:
+        """A step's latency, timed in alternation with the dense model and put on the dense measurement's scale: a
+        machine whose speed drifts (a shared host, a warming device) must not make a step look faster or slower."""
+        artifact = build_artifact(model, self.inputs, self.runtime, self.work, name, self.target.precision)
+        paired = self.runtime.compare(artifact.built, self.baseline.dense_artifact.built, to_numpy(self.inputs))
+        return artifact, paired.latency(self.baseline.dense_ms)
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         with self.task_code("evaluate", step):
@@ -309,31 +328,39 @@ class Loop:
         if not self.metric_budget.holds(value, self.baseline.dense_value):
             return self.roll_back(s, record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}",
                                   t0, step=s.step / 2)
-        artifact, latency = self.measure(candidate, f"step{record.index}")
-        record.latency = latency.to_dict()
+        artifact, record.latency = self.measure_step(candidate, f"step{record.index}")
+        measured = record.latency_ms
         cost, local = s.cost, s.local
         if cost is not None:
             # every measurement joins the calibration, and sets the local correction: the next plan aims at
             # budget / (measured / predicted) of this one
-            cost = cost.calibrated([*cost.calibration.points, (cost.raw_ms(proposal.plan), latency.median_ms)])
-            if latency.median_ms >= s.best_step.latency_ms:
+            cost = cost.calibrated([*cost.calibration.points, (cost.raw_ms(proposal.plan), measured)])
+            if measured >= s.best_step.latency_ms:
                 # planned to be faster, measured no faster: the runtime's kernels for this combination of widths
                 # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
                 # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
-                return self.roll_back(s, record, f"measured {latency.median_ms:.4g} ms, no faster than step "
+                return self.roll_back(s, record, f"measured {measured:.4g} ms, no faster than step "
                                                  f"{s.best}'s {s.best_step.latency_ms:.4g} ms", t0,
                                       ratio=trial, cost=cost)
-            local = latency.median_ms / cost.predict_ms(proposal.plan)
+            local = measured / cost.predict_ms(proposal.plan)
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
         self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
-                 f"{latency.median_ms:.4g} ms")
+                 f"{measured:.4g} ms")
         # a new starting model: a plan rejected from the old one may hold from this one
         accepted = s.model_copy(update={
             "steps": [*s.steps, record], "best": record.index, "rejected": frozenset(), "plan": proposal.plan,
-            "graph": proposal.graph, "artifact": artifact, "ratio": trial, "cost": cost, "local": local})
+            "graph": proposal.graph, "artifact": artifact, "ratio": trial, "cost": cost, "local": local,
+            "step": self.next_step(s, value)})
         return self.budget_met(accepted) or accepted
+
+    def next_step(self, s: LoopState, value: float) -> float:
+        """The increment after an accepted step that moved the metric from the best step's to ``value``: larger when
+        the step used little of the headroom left to the metric budget, smaller when it used most of it."""
+        dense = self.baseline.dense_value
+        before = self.metric_budget.headroom(s.best_step.metrics[self.metric_budget.metric], dense)
+        return next_increment(s.step, 1.0 - self.metric_budget.headroom(value, dense) / before if before > 0 else 1.0)
 
     def context(self, s: LoopState) -> StepContext:
         settings = self.settings

@@ -2,7 +2,7 @@
 registers itself; adding one is a file here and its import line below (the order is the order ``--help`` lists)."""
 
 # isort: off
-from edgeprune.planners import uniform, global_rank, grid, gradient, knapsack  # noqa: F401  (each registers itself)
+from edgeprune.planners import uniform, global_rank, grid, gradient, knapsack, baselines  # noqa: F401  (each registers itself)
 # isort: on
 from edgeprune.planners.base import (
                                      PLANNERS,

@@ -10,6 +10,7 @@ coefficients follow from where each group's importance falls in the ranking; no 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from typing import ClassVar
 
 from edgeprune.planners.base import (
@@ -43,12 +44,29 @@ class GlobalPlanner:
 def rank_blocks(space: SearchSpace, target: SparsityTarget) -> Search:
     """The keep counts that reach ``target`` by removing the globally least important blocks."""
     rho, epsilon = target.rho, target.epsilon
+    keeps: dict[str, int] = {}
+    previous = dict(keeps)
+    for key, keep in removals(space):
+        if space.sparsity(keeps) >= rho:
+            break
+        previous = dict(keeps)
+        keeps[key] = keep
+    if abs(space.sparsity(previous) - rho) < abs(space.sparsity(keeps) - rho):
+        keeps = previous  # the last block overshot further than stopping short of it
+    if abs(space.sparsity(keeps) - rho) > epsilon + 1e-9:
+        raise PlannerError(f"global ranking reaches sparsity {space.sparsity(keeps):.4f}, outside {rho:g} ± "
+                           f"{epsilon:g}: the granule's blocks are too coarse for this band")
+    return Search(keeps, {g.key: 1.0 - keeps.get(g.key, g.current) / g.dense for g in space.free})
+
+
+def removals(space: SearchSpace) -> Iterator[tuple[str, int]]:
+    """The ranked space's granule blocks, globally least important first (a block's score: its channels' mean over
+    its cluster's mean): per block, its group and the group's keep count once it goes."""
     free = space.free
     means = space.cluster_means()
     steps = steps_down(free, space.granule)
     position = {g.key: 0 for g in free}
     by_key = {g.key: g for g in free}
-    keeps: dict[str, int] = {}
 
     def next_block(g: SpaceGroup) -> tuple[float, str] | None:
         i = position[g.key]
@@ -59,18 +77,10 @@ def rank_blocks(space: SearchSpace, target: SparsityTarget) -> Search:
 
     heap = [b for b in (next_block(g) for g in free) if b is not None]
     heapq.heapify(heap)
-    previous = dict(keeps)
-    while heap and space.sparsity(keeps) < rho:
-        previous = dict(keeps)
+    while heap:
         _, key = heapq.heappop(heap)
         position[key] += 1
-        keeps[key] = steps[key][position[key]]
+        yield key, steps[key][position[key]]
         block = next_block(by_key[key])
         if block is not None:
             heapq.heappush(heap, block)
-    if abs(space.sparsity(previous) - rho) < abs(space.sparsity(keeps) - rho):
-        keeps = previous  # the last block overshot further than stopping short of it
-    if abs(space.sparsity(keeps) - rho) > epsilon + 1e-9:
-        raise PlannerError(f"global ranking reaches sparsity {space.sparsity(keeps):.4f}, outside {rho:g} ± "
-                           f"{epsilon:g}: the granule's blocks are too coarse for this band")
-    return Search(keeps, {g.key: 1.0 - keeps.get(g.key, g.current) / g.dense for g in free})

@@ -194,3 +194,54 @@ class ApplicationImportance:
 
     def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
         return self.scores(graph, [key])[key]
+
+
+class TaylorImportance:
+    """Torch-Pruning's first-order Taylor importance (``GroupTaylorImportance``: |weight × gradient| per channel,
+    summed over every layer the group couples, normalised to the group's mean), with the gradients of the task's
+    loss accumulated over ``n_batches`` batches. No components: a baseline's importance, as Torch-Pruning's users
+    (and HALP) run it."""
+
+    def __init__(self, task_name: str, loss: Callable[[nn.Module, object], torch.Tensor] | None,
+                 batches: Callable[[int], Iterator[object]] | None, n_batches: int = 8, seed: int = 0) -> None:
+        if loss is None or batches is None:
+            raise GraphError(f"Taylor importance needs the task's loss and batches; task {task_name!r} has none")
+        self.loss, self.batches, self.n_batches, self.seed = loss, batches, n_batches, seed
+        self.description = f"first-order Taylor (Torch-Pruning, {n_batches} batches)"
+        self.notes: tuple[str, ...] = ()
+
+    def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]:
+        if not keys:
+            return {}
+        stream = batches if batches is not None else self.batches(self.seed)
+        model = graph.model
+        was_training = model.training
+        model.eval()  # BatchNorm keeps its running statistics, as the loop's other importances measure
+        model.zero_grad(set_to_none=True)
+        try:
+            with torch.enable_grad():
+                for _ in range(self.n_batches):
+                    self.loss(model, next(stream)).backward()
+            importance = tp.importance.GroupTaylorImportance()
+            return {key: importance(graph.pruning_group(key)).detach() for key in keys}
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        return self.scores(graph, [key])[key]
+
+
+class GroupMagnitude:
+    """Torch-Pruning's L2 group magnitude over every layer a group couples, components ignored (the baselines')."""
+
+    description = "L2 magnitude (Torch-Pruning, no components)"
+    notes: tuple[str, ...] = ()
+
+    def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]:
+        return {key: graph.importance(key) for key in keys}
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        return graph.importance(key)

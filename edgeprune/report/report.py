@@ -326,7 +326,9 @@ def build_report(folder: Path, manifest: Manifest, figures: Path, store: Path | 
     engine = "" if target.runtime in ("tensorrt", "trtexec") else " No TensorRT engine was built or timed in this run."
     page.text(f"Latencies are measured with {target.runtime} on device `{target.device}` "
               f"({measure.repeats} fresh sessions × {measure.runs} runs, median of medians; ± is half the "
-              f"spread between repetitions).{engine}")
+              f"spread between repetitions). Each step is timed in alternation with the dense model, call by call, "
+              f"and reported as that ratio × the dense latency: the machine's drift between measurements cancels."
+              f"{engine}")
     return page
 
 

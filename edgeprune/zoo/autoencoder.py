@@ -37,6 +37,7 @@ from edgeprune.zoo import CHECKPOINTS, fit
 FASHION_ENV = "EDGEPRUNE_FASHION_MNIST"
 FASHION_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz")
+FASHION_LABELS = ("train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 SPLIT_SEED = 0
 """Seed of the digits train/held-out permutation: fixed, independent of the training seed."""
@@ -135,6 +136,23 @@ def read_idx_images(path: Path) -> np.ndarray:
     if magic != 2051 or len(data) != 16 + n * h * w:
         raise TaskError(f"{path} is not an IDX3 image file")
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, h, w)
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    """An IDX1 ubyte (gzip) label file as an int64 array (N,)."""
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic, n = np.frombuffer(data, dtype=">i4", count=2)
+    if magic != 2049 or len(data) != 8 + n:
+        raise TaskError(f"{path} is not an IDX1 label file")
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+@functools.cache
+def fashion_labels(folder: Path, n_test: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes (0–9) of :func:`fashion_images`' training and held-out images, in the same order."""
+    return (torch.from_numpy(read_idx_labels(folder / FASHION_LABELS[0])),
+            torch.from_numpy(read_idx_labels(folder / FASHION_LABELS[1])[:n_test]))
 
 
 @functools.cache

@@ -17,6 +17,8 @@ TRAINERS: dict[str, str] = {
     "digits-autoencoder": "edgeprune.zoo.autoencoder:train_digits",
     "digits-resnet": "edgeprune.zoo.resnet:train_digits_resnet",
     "fashion-autoencoder": "edgeprune.zoo.autoencoder:train_fashion",
+    "fashion-mobilenet_v2": "edgeprune.zoo.fashion:train_mobilenet_v2",
+    "fashion-resnet18": "edgeprune.zoo.fashion:train_resnet18",
     "pendulum-agent": "edgeprune.zoo.pendulum_train:train_agent",
 }
 
