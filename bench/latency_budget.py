@@ -10,7 +10,8 @@ with the dense model), the same cost model — and differ only in which channels
 
 - ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,
   normalised per component) lost per millisecond the measured cost model says a block saves; interfaces between
-  components kept (``--flow-policy protect``; ``joint`` on digits-resnet, whose components are stages of one CNN);
+  components kept (``--flow-policy protect``; ``joint`` on digits-resnet, whose components are stages of one CNN;
+  the fashion tasks' networks are one component each, so nothing is protected there);
 - ``tp-local``: the same ratio in every group, Torch-Pruning's L2 group magnitude (local pruning);
 - ``tp-global``: one global ranking of blocks by that magnitude (Torch-Pruning's global pruning);
 - ``tp-taylor``: one global ranking by first-order Taylor importance;

@@ -46,8 +46,9 @@ def test_batches_loss_and_finetune_serve_the_loop(name: str) -> None:
     again, _ = next(task.batches(0))
     assert images.shape == (64, 3, 32, 32) and labels.shape == (64,) and torch.equal(images, again)  # seeded
     model = task.build()
-    graph = ComponentGraph(model, task.example_inputs(), output_layers=task.output_layers)
+    graph = ComponentGraph(model, task.example_inputs(), task.components, task.output_layers)
     assert len(graph.groups) > 10 and task.output_layers[0] not in graph.groups
+    assert {info.kind for info in graph.groups.values()} == {"intra"}  # one network, one component: no interfaces
     before = float(task.loss(model, (images, labels)))
     task.finetune(model, 3)
     assert not model.training and float(task.loss(model, (images, labels))) != before

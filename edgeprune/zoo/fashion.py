@@ -49,6 +49,10 @@ FINETUNE_LR = 0.01
 FINETUNE_MOMENTUM = 0.9
 #: name -> the classifier layer (the model's interface: its 10 outputs are never pruned)
 MODELS = {"resnet18": "fc", "mobilenet_v2": "classifier.1"}
+#: name -> its top-level modules: one network is one component (else every top-level child would be a component of
+#: its own, and the residual widths between ResNet's stages interfaces that ``--flow-policy protect`` keeps)
+NETWORK = {"resnet18": ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"],
+           "mobilenet_v2": ["features", "classifier"]}
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ def fashion_task(name: str) -> Task:
         metric="accuracy",
         default_metric_budget="accuracy>=0.98x",
         output_layers=(MODELS[name],),
+        components={"network": NETWORK[name]},
         finetune=finetune,
         loss=classification_loss,
         batches=batch_stream,
