@@ -376,6 +376,8 @@ class Loop:
         if not self.plans_latency:
             return SparsityTarget(trial, self.settings.epsilon)
         target_ms = max(self.baseline.budget_ms, self.baseline.dense_ms * (1.0 - trial)) / s.local
+        if self.aims_at_budget(trial):  # a planner's slack (the gradient's ± epsilon) must sit below the budget
+            target_ms /= 1.0 + self.settings.epsilon
         return LatencyTarget(target_ms, self.settings.epsilon, best_effort=True)
 
     def aims_at_budget(self, ratio: float) -> bool:
