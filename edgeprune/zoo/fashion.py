@@ -36,7 +36,7 @@ from edgeprune.zoo.autoencoder import (
     fashion_images,
     fashion_labels,
 )
-from edgeprune.zoo.resnet import classification_loss, shift
+from edgeprune.zoo.resnet import classification_loss, held_out_metrics, shift
 
 SIZE = 32
 PAD = (SIZE - 28) // 2
@@ -125,17 +125,9 @@ def example_inputs() -> tuple[torch.Tensor, ...]:
 
 
 def evaluate(model: nn.Module) -> dict[str, float]:
-    """Held-out accuracy and mean cross-entropy, in eval mode (the caller's mode is restored)."""
+    """Held-out accuracy and mean cross-entropy (eval mode, the caller's mode restored)."""
     data = fashion()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), single_thread():
-            logits = torch.cat([model(rgb(chunk)) for chunk in data.test_x.split(EVAL_BATCH)])
-    finally:
-        model.train(was_training)
-    return {"accuracy": float((logits.argmax(1) == data.test_y).double().mean()),
-            "loss": float(F.cross_entropy(logits.double(), data.test_y))}
+    return held_out_metrics(model, data.test_x, data.test_y, EVAL_BATCH, rgb)
 
 
 def finetune(model: nn.Module, steps: int) -> None:

@@ -20,7 +20,7 @@ import math
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,20 +175,27 @@ def classification_loss(model: nn.Module, batch: object) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
 
 
-def evaluate(model: nn.Module) -> dict[str, float]:
-    """Held-out accuracy and mean cross-entropy, in eval mode (the caller's mode is restored); deterministic."""
-    data = digits()
+def held_out_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = EVAL_BATCH,
+                     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of a classifier on held-out ``images`` (each chunk through ``prepare`` first),
+    in eval mode (the caller's mode is restored); deterministic."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), single_thread():
-            logits = torch.cat([model(chunk) for chunk in data.test_x.split(EVAL_BATCH)])
+            logits = torch.cat([model(prepare(chunk)) for chunk in images.split(batch)])
     finally:
         model.train(was_training)
     return {
-        "accuracy": float((logits.argmax(1) == data.test_y).double().mean()),
-        "loss": float(F.cross_entropy(logits.double(), data.test_y)),
+        "accuracy": float((logits.argmax(1) == labels).double().mean()),
+        "loss": float(F.cross_entropy(logits.double(), labels)),
     }
+
+
+def evaluate(model: nn.Module) -> dict[str, float]:
+    """Held-out accuracy and mean cross-entropy on the digits split."""
+    data = digits()
+    return held_out_metrics(model, data.test_x, data.test_y)
 
 
 def finetune(model: nn.Module, steps: int) -> None:
