@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 # installed before the project, so nothing pulls another torch: 2.14.1 with torchvision 0.29.1 (a CUDA build that
 # runs on the CPU; torchvision cannot load beside the CPU-only 2.13 wheel), for the torchvision-* tasks
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# the conformance suite's architectures, test-only: installed beside the pinned torch, never a requirement of the
+# package (ultralytics is AGPL)
+CONFORMANCE := timm>=1.0 ultralytics>=8.3
 DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 
 .PHONY: setup demo test bench bench-page profiles clean
@@ -14,6 +17,7 @@ $(BIN)/edgeprune: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(TORCH) $(CONFORMANCE)
 	@# From Debian, where apt exists and we may use it: Fashion-MNIST (fashion-autoencoder task), OpenSSH
 	@# (the device tests run a real sshd on localhost) and Chromium (the report test renders the HTML page)
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -111,6 +111,8 @@ def tune(
     metric: Annotated[str | None, typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder; default runs/TASK")] = None,
     finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
+    final_finetune_steps: Annotated[int, typer.Option(
+        help="task fine-tune steps on the final model (kept if its metric is no worse)")] = 0,
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
     strategy: Annotated[str, typer.Option(
@@ -138,7 +140,7 @@ def tune(
     check_choice("--flow-combine", flow_combine, COMBINES)
     try:
         settings = TuneSettings(task=task, target=target, latency_budget=latency_budget, metric_budget=metric,
-                                finetune_steps=finetune_steps, step=step, seed=seed, strategy=strategy,
+                                finetune_steps=finetune_steps, final_finetune_steps=final_finetune_steps, step=step, seed=seed, strategy=strategy,
                                 epsilon=epsilon, flow_policy=flow_policy,
                                 flow_combine=flow_combine,
                                 components=parse_components(components) if components else None,

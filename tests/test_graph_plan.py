@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edgeprune.prune.graph import ComponentGraph, GraphError
-from edgeprune.prune.importance import component_importance, group_scores
+from edgeprune.prune.importance import application_scores, component_importance, group_scores, sensitivity_scales
 from edgeprune.prune.plan import Plan, PlanError, keep_count, prune_uniform
 
 OUT = ("decoder.3",)
@@ -121,6 +121,22 @@ def test_joint_importance_listens_to_every_component(two_part, image) -> None:
     assert set(per) == {"encoder", "decoder"} and per["decoder"][3] == 0 and per["encoder"][3] > 0
     assert int(group_scores(graph, "encoder.5", "joint").argmin()) == 3
     assert group_scores(graph, "encoder.5", "owner")[3] > 0  # the producer alone still values it
+
+
+def test_application_importance_orders_channels_by_the_mix_and_groups_by_their_sensitivity(two_part, image) -> None:
+    """Inside a group the mix of magnitude and sensitivity orders the channels; across groups the sensitivity's
+    own scale (the loss's units) decides, so a group the task needs ten times more is worth ten times more."""
+    graph = ComponentGraph(two_part, image, output_layers=OUT)
+    sensitivity = torch.rand(32, generator=torch.Generator().manual_seed(0)) + 0.1
+    scales = sensitivity_scales({"encoder.0": sensitivity, "decoder.1": 10 * sensitivity})
+    assert scales == pytest.approx({"encoder.0": 2 / 11, "decoder.1": 20 / 11})
+    assert sensitivity_scales({"encoder.0": torch.zeros(32), "decoder.1": torch.zeros(48)}) == {
+        "encoder.0": 1.0, "decoder.1": 1.0}  # a loss at its minimum says nothing about groups
+    scores = application_scores(graph, "encoder.0", sensitivity, scale=scales["encoder.0"])
+    magnitude = group_scores(graph, "encoder.0")
+    mixed = 0.5 * magnitude / magnitude.mean() + 0.5 * sensitivity / sensitivity.mean()
+    assert torch.allclose(scores, mixed * 2 / 11)
+    assert float(application_scores(graph, "encoder.0", None).mean()) == pytest.approx(1.0)  # no loss: magnitude
 
 
 def test_joint_mean_is_the_average_of_normalised_component_scores(two_part, image) -> None:

@@ -168,6 +168,22 @@ def test_rolled_back_steps_never_land_and_infeasible_budgets_say_why(tmp_path: P
     assert all(torch.equal(v, weights[k]) for k, v in replayed.state_dict().items())
 
 
+def test_a_final_finetune_is_one_more_step_on_the_same_widths(tmp_path: Path, quick_target: str) -> None:
+    """Pruned without fine-tuning, the autoencoder loses PSNR; fine-tuning the final model wins some back, on the
+    widths (so the latency) of the step it came from, and that model is what the bundle publishes."""
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.8x",
+                            metric_budget="psnr>=10", step=0.3, final_finetune_steps=60)
+    result = tune(settings, tmp_path / "final")
+    manifest = json.loads((tmp_path / "final" / "manifest.json").read_text())
+    *_, before, final = manifest["steps"]
+    assert result.status == "met" and final["status"] == "accepted" and before["status"] == "accepted"
+    assert final["note"].startswith("final fine-tune: 60 steps") and manifest["pruned"]["index"] == final["index"]
+    assert final["plan_digest"] == before["plan_digest"] and final["latency"] == before["latency"]
+    assert final["metrics"]["psnr"] > before["metrics"]["psnr"] + 0.5
+    task, pruned = load_pruned(tmp_path / "final")
+    assert task.evaluate(pruned)["psnr"] == pytest.approx(final["metrics"]["psnr"], abs=1e-3)
+
+
 def test_grid_strategy_chooses_each_steps_coefficients_on_the_metric(tmp_path: Path, quick_target: str) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.8x",
                             metric_budget="psnr>=15", step=0.3, strategy="grid", epsilon=0.03)

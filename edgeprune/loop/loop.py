@@ -57,6 +57,7 @@ CHECKPOINT_WEIGHTS = "checkpoint.pt"
 #: ``GROW`` times larger (up to ``MAX_STEP``); one that used over ``STRAIN`` of it makes it half as large; a rollback
 #: halves it too. Gradual pruning with fine-tuning in between keeps the metric; a jump to the budget breaks it.
 CALM, STRAIN, GROW, MAX_STEP = 0.25, 0.75, 1.5, 0.3
+FINAL = "final fine-tune"
 
 
 def next_increment(step: float, used: float) -> float:
@@ -179,8 +180,9 @@ class Loop:
         self.runtime = get_runtime(self.target)
         self.latency_budget = LatencyBudget.parse(settings.latency_budget)
         self.metric_budget = MetricBudget.parse(settings.metric_budget or self.task.default_metric_budget)
-        if settings.finetune_steps and self.task.finetune is None:
-            raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0")
+        if (settings.finetune_steps or settings.final_finetune_steps) and self.task.finetune is None:
+            raise BudgetError(f"task {self.task.name!r} has no finetune; use --finetune-steps 0 "
+                              f"--final-finetune-steps 0")
         self.inputs = target_inputs(self.task, self.target)
         self.components = run_components(settings, self.task)
         self.planner = get_planner(settings.strategy)
@@ -205,10 +207,10 @@ class Loop:
         with self.task_code("evaluate", step):
             return {k: float(v) for k, v in self.task.evaluate(model).items()}
 
-    def finetune(self, model: nn.Module, step: int) -> None:
+    def finetune(self, model: nn.Module, step: int, steps: int) -> None:
         torch.manual_seed(self.settings.seed)
         with self.task_code("finetune", step):
-            self.task.finetune(model, self.settings.finetune_steps)  # type: ignore[misc]
+            self.task.finetune(model, steps)  # type: ignore[misc]
         model.eval()
 
     @contextlib.contextmanager
@@ -254,7 +256,33 @@ class Loop:
         while not isinstance(state, Outcome):
             state = self.step(state)
             self.checkpoint(state.state if isinstance(state, Outcome) else state)
-        return state
+        return self.final_finetune(state)
+
+    def final_finetune(self, outcome: Outcome) -> Outcome:
+        """``final_finetune_steps`` more fine-tuning of the pruned model the run ends on, as one more step on the
+        same widths (so the same measured latency): kept when its metric is no worse, recorded either way."""
+        s, steps = outcome.state, self.settings.final_finetune_steps
+        if not steps or s.best == 0 or s.steps[-1].note.startswith(FINAL):  # a resumed run already did it
+            return outcome
+        t0, best, index = time.perf_counter(), s.best_step, len(s.steps)
+        graph = s.graph.fork()
+        self.finetune(graph.model, index, steps)
+        metrics = self.evaluate(graph.model, index)
+        record = best.model_copy(update={"index": index, "metrics": metrics, "note": f"{FINAL}: {steps} steps on step "
+                                         f"{best.index}'s widths, whose latency it keeps", "search": {}})
+        metric, dense = self.metric_budget.metric, self.baseline.dense_value
+        if self.metric_budget.headroom(metrics[metric], dense) < self.metric_budget.headroom(best.metrics[metric], dense):
+            state = self.roll_back(s, record, f"{FINAL}: {metric}={metrics[metric]:.4g}, worse than step "
+                                              f"{best.index}'s {best.metrics[metric]:.4g}", t0)
+        else:
+            record.seconds = time.perf_counter() - t0
+            artifact = build_artifact(graph.model, self.inputs, self.runtime, self.work, f"step{index}",
+                                      self.target.precision)
+            self.log(f"step {index}: {FINAL} ({steps} steps), {metric}={metrics[metric]:.4g}")
+            state = s.model_copy(update={"steps": [*s.steps, record], "best": index, "graph": graph,
+                                         "artifact": artifact})
+        self.checkpoint(state)
+        return Outcome(outcome.status, outcome.reason, state)
 
     def dense_stage(self) -> LoopState:
         """Evaluate, measure and trace the dense model; fix the budgets' thresholds (and a latency planner's cost
@@ -319,7 +347,7 @@ class Loop:
         """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
         candidate, index = proposal.model, len(s.steps)
         if self.settings.finetune_steps:
-            self.finetune(candidate, index)
+            self.finetune(candidate, index, self.settings.finetune_steps)
         metrics = self.evaluate(candidate, index)
         value = metrics[self.metric_budget.metric]
         record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics,

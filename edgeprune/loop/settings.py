@@ -33,6 +33,8 @@ class TuneSettings(BaseModel):
     min_step: float = Field(0.02, gt=0, description="stop when a rolled-back step would go below this increment")
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
     finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
+    final_finetune_steps: int = Field(0, ge=0, description="task.finetune steps on the final model, after the last "
+                                                           "step (kept only if its metric is no worse)")
     seed: int = 0
     strategy: str = Field(
         "magnitude", description="the planner that chooses each step's channels (a name in edgeprune.planners.PLANNERS): "

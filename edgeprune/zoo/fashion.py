@@ -131,10 +131,17 @@ def evaluate(model: nn.Module) -> dict[str, float]:
 
 
 def finetune(model: nn.Module, steps: int) -> None:
-    """SGD-Nesterov at a small constant rate on augmented batches from the fixed seed 0."""
+    """SGD-Nesterov decayed to zero (cosine) on augmented batches seeded by the model's parameter count.
+
+    The decay ends every fine-tune at rest: at a constant rate, the held-out accuracy of the same pruned model moved
+    ±0.5 % with where the last batches happened to leave it, a third of the 0.98× budget. The seed gives each pruned
+    shape other batches (with one fixed seed, step after step re-fitted the same few thousand images), and the same
+    model the same ones: a run is reproducible.
+    """
     optimiser = torch.optim.SGD(model.parameters(), lr=FINETUNE_LR, momentum=FINETUNE_MOMENTUM, nesterov=True)
+    seed = sum(p.numel() for p in model.parameters())
     with single_thread():
-        fit(model, classification_loss, batch_stream(0), steps, optimiser)
+        fit(model, classification_loss, batch_stream(seed), steps, optimiser, cosine=True)
 
 
 def architecture(name: str) -> nn.Module:
