@@ -137,32 +137,35 @@ def _inputs(*shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.rand(*s, generator=generator) for s in shapes)
 
 
+def _library_model(make: Callable[[], nn.Module]) -> Callable[[], Built]:
+    """A network built by its library's own constructor on a 64x64 image. No output layers are named: the validation
+    must find the classifier (its cut changes the output shape) on its own."""
+    return lambda: (_seeded(make), _inputs((1, 3, 64, 64)), None, ())
+
+
 def torchvision_model(name: str, **kwargs: object) -> Callable[[], Built]:
-    """A torchvision classifier as users build it (no weights here), 10 classes, on a 64x64 image. No output layers
-    are named: the validation must find the classifier (its cut changes the output shape) on its own."""
-    def build() -> Built:
+    """A torchvision classifier as users build it (no weights here), 10 classes."""
+    def make() -> nn.Module:
         import torchvision
-        return _seeded(lambda: getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)), \
-            _inputs((1, 3, 64, 64)), None, ()
-    return build
+        return getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs)
+    return _library_model(make)
 
 
 def timm_model(name: str, **kwargs: object) -> Callable[[], Built]:
-    """``timm.create_model(name, pretrained=False)``, 10 classes, on a 64x64 image."""
-    def build() -> Built:
+    """``timm.create_model(name, pretrained=False)``, 10 classes."""
+    def make() -> nn.Module:
         import timm
-        return _seeded(lambda: timm.create_model(name, pretrained=False, num_classes=10, **kwargs)), \
-            _inputs((1, 3, 64, 64)), None, ()
-    return build
+        return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    return _library_model(make)
 
 
 def ultralytics_model(config: str) -> Callable[[], Built]:
-    """An ultralytics detector built from its own yaml (random init: no weights are downloaded), on a 64x64 image.
-    A test-only dependency (AGPL): never imported by edgeprune itself."""
-    def build() -> Built:
+    """An ultralytics detector built from its own yaml (random init: no weights are downloaded). A test-only
+    dependency (AGPL): never imported by edgeprune itself."""
+    def make() -> nn.Module:
         from ultralytics import YOLO
-        return _seeded(lambda: YOLO(config).model), _inputs((1, 3, 64, 64)), None, ()
-    return build
+        return YOLO(config).model
+    return _library_model(make)
 
 
 MODELS: dict[str, Callable[[], Built]] = {
