@@ -31,7 +31,7 @@ from edgeprune.core.targets import SSH_URL, TargetError, find_targets
 from edgeprune.core.task import BUILTIN, TaskError, load_task, one_line
 from edgeprune.devices.transport import DeviceError
 from edgeprune.measure.cost import CostModelError
-from edgeprune.planners import PLANNERS, PlannerError
+from edgeprune.planners import DEFAULT_STRATEGY, PLANNERS, PlannerError
 from edgeprune.prune.graph import GraphError
 from edgeprune.prune.importance import COMBINES, FLOW_POLICIES
 from edgeprune.prune.plan import PlanError
@@ -117,7 +117,7 @@ def tune(
     seed: Annotated[int, typer.Option(help="seed for fine-tuning and the coefficient search")] = 0,
     strategy: Annotated[str, typer.Option(
         help="the planner choosing each step's channels: "
-             + "; ".join(f"{name} ({planner.summary})" for name, planner in PLANNERS.items()))] = "magnitude",
+             + "; ".join(f"{name} ({planner.summary})" for name, planner in PLANNERS.items()))] = DEFAULT_STRATEGY,
     epsilon: Annotated[float, typer.Option(help="grid: sparsity tolerance around each step's ratio; gradient: relative latency tolerance")] = 0.02,
     flow_policy: Annotated[str, typer.Option(help=f"inter-component groups: {', '.join(FLOW_POLICIES)}")] = "protect",
     flow_combine: Annotated[str, typer.Option(
@@ -182,6 +182,7 @@ def graph(
 ) -> None:
     """Print TASK's components and dependency groups (intra or flow, frozen with the reason), and draw the component
     graph."""
+    from edgeprune.measure.store import ProfileStore
     from edgeprune.prune.graph import ComponentGraph
     from edgeprune.report.figures import component_graph_figure
 
@@ -190,7 +191,7 @@ def graph(
         t = load_task(task)
         g = ComponentGraph(t.build(), t.example_inputs(), parse_components(components) if components else t.components,
                            t.output_layers)
-        g.validate(t.example_inputs(), granule)
+        g.validate(t.example_inputs(), granule, ProfileStore().validated)
     except USER_ERRORS as exc:
         fail(str(exc))
     comp = Table("component", "module prefixes", "intra groups", "flow groups", title=f"{t.name}: components")
@@ -209,6 +210,8 @@ def graph(
         console.print(f"not pruned: {name}: {why}", highlight=False)
     for note in g.notes:
         console.print(f"torch-pruning: {note}", highlight=False)
+    if g.validated_from is not None:
+        console.print(f"group validation reused from {g.validated_from}", highlight=False)
     path = component_graph_figure(g, picture or Path(f"{t.name}-graph.png"), title=f"{t.name}: components and flows")
     console.print(f"component graph written to {path}", highlight=False)
 
@@ -240,9 +243,10 @@ def profile(
         inputs = target_inputs(t, tg)
         dense = ComponentGraph(t.build(), inputs, parse_components(components) if components else t.components,
                                t.output_layers)
-        dense.validate(inputs, tg.granule)
+        profiles = ProfileStore(store)
+        dense.validate(inputs, tg.granule, profiles.validated)
         with activity("profiling") as (log, progress):
-            result = profile_task(t, tg, runtime, inputs, dense, ProfileStore(store) if store else ProfileStore(),
+            result = profile_task(t, tg, runtime, inputs, dense, profiles,
                                   refresh=refresh, cost_model=cost_model, log=log, progress=progress)
     except USER_ERRORS as exc:
         fail(str(exc))

@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from edgeprune.prune.graph import ComponentGraph
 
 Built = tuple[nn.Module, tuple[torch.Tensor, ...], dict[str, list[str]] | None, Sequence[str]]
 
@@ -197,8 +201,10 @@ MODELS: dict[str, Callable[[], Built]] = {
 }
 #: What the test suite checks itself (the rest take 20-70 s each on 2 cores: bench/conformance.py runs every row and
 #: writes the README table, which the suite checks row by row for the ones it ran)
-IN_TESTS = ("world-model", "actor-critic", "vae", "unet", "siamese", "lstm-policy", "torchvision resnet50",
-            "torchvision mobilenet_v3_small", "timm convnext_atto", "ultralytics yolov8n")
+IN_TESTS = ("world-model", "actor-critic", "vae", "unet", "siamese", "lstm-policy", "torchvision mobilenet_v3_small",
+            "timm convnext_atto", "ultralytics yolov8n")
+#: The rows whose latency-planned prune the test suite runs too (each measures a cost model: 15-30 s for these)
+LATENCY_IN_TESTS = ("world-model", "unet", "lstm-policy")
 #: Architectures tried and left out of the table, with why
 NOT_COVERED = {"torchvision swin_t": "Torch-Pruning's dependency tracing (shape inference) did not finish in 15 min "
                                     "at 64x64 on this machine",
@@ -209,11 +215,15 @@ NOT_COVERED = {"torchvision swin_t": "Torch-Pruning's dependency tracing (shape 
 # -- the check every row of the suite runs ---------------------------------------------------------------------------
 GRANULE = 8
 RATIO = 0.3
+#: The latency-planned prune aims the knapsack at this share of the dense model's predicted latency
+LATENCY = 0.7
 
 
 @dataclass(frozen=True)
 class Row:
-    """One network through the pipeline: its groups, the ones frozen with why, and a 30 % magnitude prune."""
+    """One network through the pipeline: its groups, the ones frozen with why, a 30 % magnitude prune and a
+    latency-planned one (None where not run), each a model whose outputs keep their shapes and whose ONNX export
+    matches PyTorch (``check`` raises otherwise)."""
 
     name: str
     params: int
@@ -224,7 +234,8 @@ class Row:
     """Layers traced as boundaries (recurrent cells Torch-Pruning cannot group)."""
     pruned_params: int
     outputs_kept: bool
-    onnx_error: float
+    planned_kept: bool | None
+    """The latency-planned prune's outputs keep their shapes (None: not run)."""
 
     def cells(self) -> list[str]:
         by_reason: dict[str, list[str]] = {}
@@ -234,23 +245,21 @@ class Row:
                            for why, keys in by_reason.items())
         return [self.name, f"{self.params:,}", f"{self.groups} ({self.flows} flow)", frozen or "none",
                 ", ".join(f"`{b}`" for b in self.boundaries) or "none",
-                f"{1 - self.pruned_params / self.params:.0%} fewer parameters",
-                "✓" if self.outputs_kept else "✗", "✓"]
+                f"{1 - self.pruned_params / self.params:.0%} fewer parameters", _mark(self.outputs_kept),
+                "not run" if self.planned_kept is None else _mark(self.planned_kept), "✓"]
 
 
 HEADER = ["network", "parameters", "groups", "frozen (why)", "boundaries", "30 % magnitude prune", "outputs keep shape",
-          "ONNX matches PyTorch"]
+          f"latency-planned prune to {LATENCY}× (outputs keep shape)", "ONNX matches PyTorch"]
 
 
-def check(name: str, folder: Path) -> Row:
-    """Trace, validate, prune 30 % of every group by magnitude (flows jointly), run, export and check on ONNX
-    Runtime; raises whatever breaks (the suite's failure)."""
-    from edgeprune.artifact.export import check_export, export_onnx, flat_outputs
-    from edgeprune.core.targets import load_target
+def check(name: str, folder: Path, latency: bool = True) -> Row:
+    """Trace, validate, prune 30 % of every group by magnitude (flows jointly) and, with ``latency``, plan a prune
+    with the knapsack on the measured cost model (ONNX Runtime on this CPU, few timed runs, layer tables shared in
+    ``folder``); run each, export and check on ONNX Runtime; raises whatever breaks (the suite's failure)."""
     from edgeprune.prune.graph import ComponentGraph
     from edgeprune.prune.importance import MagnitudeImportance
     from edgeprune.prune.plan import Plan, cut_to_counts, uniform_counts
-    from edgeprune.runtimes import get_runtime
 
     model, inputs, components, outputs = MODELS[name]()
     dense = ComponentGraph(model, inputs, components, outputs)
@@ -258,13 +267,54 @@ def check(name: str, folder: Path) -> Row:
     plan = Plan.dense(name, dense)
     pruned = dense.fork()
     cut_to_counts(pruned, plan, uniform_counts(plan, RATIO, GRANULE, "joint"), MagnitudeImportance("joint"))
-    with torch.no_grad():
-        shapes = [t.shape for t in flat_outputs(model(*inputs))]
-        kept = [t.shape for t in flat_outputs(pruned.model(*inputs))] == shapes
-    path = export_onnx(pruned.model, inputs, folder / f"{name}.onnx")
-    error = check_export(pruned.model, inputs, path, get_runtime(load_target("cpu")))
+    planned = _latency_planned(name, dense, inputs, folder) if latency else None
     return Row(name, _params(model), len(dense.groups), sum(g.kind == "flow" for g in dense.groups.values()),
-               dict(dense.frozen), tuple(dense.opaque), _params(pruned.model), kept, error)
+               dict(dense.frozen), tuple(dense.opaque), _params(pruned.model),
+               _verified(pruned.model, model, inputs, folder / f"{name}.onnx"),
+               None if planned is None else _verified(planned, model, inputs, folder / f"{name}-planned.onnx"))
+
+
+def _latency_planned(name: str, dense: ComponentGraph, inputs: tuple[torch.Tensor, ...], folder: Path) -> nn.Module:
+    """The knapsack's model at :data:`LATENCY` of the dense model's predicted latency, on a cost model measured here
+    (the dense graph is left as it is)."""
+    from edgeprune.core.targets import load_target
+    from edgeprune.core.task import Task
+    from edgeprune.measure.store import ProfileStore, profile_task
+    from edgeprune.planners.base import LatencyTarget, StepContext
+    from edgeprune.planners.knapsack import KnapsackPlanner
+    from edgeprune.prune.importance import MagnitudeImportance
+    from edgeprune.prune.plan import Plan
+    from edgeprune.runtimes import get_runtime
+
+    cpu = load_target("cpu")
+    target = cpu.model_copy(update={"measure": cpu.measure.model_copy(update={"runs": 50, "warmup": 5, "repeats": 3,
+                                                                               "profile_runs": 10})})
+    task = Task(name=name.replace(" ", "-"), build=lambda: dense.model, example_inputs=lambda: inputs,
+                evaluate=lambda _: {}, metric="none", default_metric_budget="none>=0",
+                output_layers=dense.output_layers, components=dense.components)
+    cost = profile_task(task, target, get_runtime(target), inputs, dense, ProfileStore(folder / "profiles"),
+                        cost_model=True).cost
+    assert cost is not None
+    context = StepContext(task=task, graph=dense, plan=Plan.dense(name, dense), inputs=inputs, granule=GRANULE,
+                          importance=MagnitudeImportance("joint"), flow_policy="joint", cost=cost)
+    return KnapsackPlanner().propose(context, LatencyTarget(LATENCY * cost.predict_ms({}), best_effort=True)).model
+
+
+def _verified(pruned: nn.Module, dense: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> bool:
+    """Whether the pruned model's outputs keep the dense model's shapes; raises when its ONNX export does not match
+    it on ONNX Runtime."""
+    from edgeprune.artifact.export import check_export, export_onnx, flat_outputs
+    from edgeprune.core.targets import load_target
+    from edgeprune.runtimes import get_runtime
+
+    with torch.no_grad():
+        kept = [t.shape for t in flat_outputs(pruned(*inputs))] == [t.shape for t in flat_outputs(dense(*inputs))]
+    check_export(pruned, inputs, export_onnx(pruned, inputs, path), get_runtime(load_target("cpu")))
+    return kept
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
 
 
 def _short(reason: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper
 import pytest
 import torch
 from torch import nn
@@ -32,7 +33,16 @@ from edgeprune.measure.cost import (
 )
 from edgeprune.measure.profile import attribute
 from edgeprune.measure.store import ProfileStore, profile_key, profile_task, table_store
-from edgeprune.measure.tables import TableStore, axis_grid, batches, sweep_graph, variant_times
+from edgeprune.measure.tables import (
+    LayerSignature,
+    Operand,
+    TableStore,
+    axis_grid,
+    batches,
+    probe_counts,
+    sweep_graph,
+    variant_times,
+)
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_to_counts
 from edgeprune.runtimes.onnxruntime import OrtRuntime
@@ -67,6 +77,12 @@ def test_axis_grid_is_a_ladder_of_granules_ending_at_the_width() -> None:
     assert axis_grid(2048, 8)[-2:] == (1536, 2048) and len(axis_grid(512, 8)) == 16  # sparser where few plans go
     assert axis_grid(8, 8) == (8,) and axis_grid(4, 8) == (4,)
     assert granule_counts(32, 8) == (8, 16, 24, 32) and granule_counts(20, 8) == (8, 16, 20)
+
+
+def test_probe_widths_are_unused_and_multiples_of_the_groups_divisor() -> None:
+    """A GroupNorm of 4 groups over 16 channels cannot run at 15 or 14: its group probes at a multiple of 4."""
+    assert probe_counts({"a": 16, "b": 16}, {15}) == {"a": 14, "b": 13}
+    assert probe_counts({"a": 16, "b": 16}, {12}, {"a": 4}) == {"a": 8, "b": 15}
 
 
 def _linear_table(axes: tuple[str, ...], grid: tuple[tuple[int, ...], ...], dense: float) -> tuple[float, ...]:
@@ -236,6 +252,24 @@ def test_one_sweep_graph_times_every_variant(two_part, image, fast_target, runti
     assert times.variants[1] > 4 * times.variants[0]  # 32 times the work: far slower, whatever the machine does
     assert [o.shape for o in runtime.run(tmp_path / "sweep.onnx", feeds)[:3]] == [(1, 8, 16, 16), (1, 64, 16, 16),
                                                                                  (1, 24, 16, 16)]
+
+
+def test_a_layer_the_runtime_rewrites_is_measured_alone(runtime, tmp_path) -> None:
+    """ONNX Runtime expands a HardSwish (MobileNetV3's activation) into a HardSigmoid and a Mul under names of its
+    own: the sweep of several variants cannot tell whose they are, so each is measured again in a sweep of its own."""
+    signature = LayerSignature(op_type="HardSwish", opset=17, operands=(Operand(kind="input", dims=(1, "a", 32, 32)),))
+    store = TableStore(tmp_path / "store", "cpu", {"host": "x"})
+    sizes: list[int] = []
+
+    def measure(model, feeds, index):
+        sizes.append(sum(n.op_type == "HardSwish" for n in model.graph.node))
+        onnx.save(model, str(tmp_path / "sweep.onnx"))
+        return runtime.profile(tmp_path / "sweep.onnx", feeds)
+
+    assert store.measure([(signature, (8,)), (signature, (64,))], measure, [helper.make_opsetid("", 17)]) == 3
+    assert sizes == [2, 1, 1]
+    points = store.data.tables[signature.key].points
+    assert set(points) == {"8", "64"} and points["64"] > points["8"]
 
 
 def test_tables_are_saved_after_every_sweep_and_a_killed_build_resumes(two_part, image, fast_target, runtime, tmp_path,

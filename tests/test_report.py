@@ -49,7 +49,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target.write_text(text)
     # without fine-tuning the first step (30 %) breaks this PSNR budget and the next (15 %) holds: both kinds of step
     settings = TuneSettings(task="digits-autoencoder", target=str(target), latency_budget="0.8x",
-                            metric_budget="psnr>=12.5", step=0.3, finetune_steps=0)
+                            metric_budget="psnr>=12.5", step=0.3, finetune_steps=0, strategy="magnitude")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEPRUNE_PROFILES", str(root / "empty-store"))
         tune(settings, root / "run")

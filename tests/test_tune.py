@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,8 @@ def quick_target(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def met_run(tmp_path_factory: pytest.TempPathFactory, quick_target: str) -> tuple[TuneSettings, Path, object, Counter]:
     """The run, and how often it traced the model into a ComponentGraph and exported it."""
-    settings = TuneSettings(task="pendulum-agent", target=quick_target, latency_budget="0.75x", finetune_steps=200)
+    settings = TuneSettings(task="pendulum-agent", target=quick_target, latency_budget="0.75x", finetune_steps=200,
+                            strategy="magnitude")
     out = tmp_path_factory.mktemp("runs") / "met"
     counts: Counter = Counter()
     trace, export = ComponentGraph.__init__, export_module.export_onnx
@@ -143,7 +145,7 @@ def test_rolled_back_steps_never_land_and_infeasible_budgets_say_why(tmp_path: P
     out = tmp_path / "tight"
     result = CliRunner().invoke(app, ["tune", "--target", quick_target, "--out", str(out), "--latency-budget", "0.2x",
                                       "--metric", f"psnr>={dense_psnr - 0.5:.3f}", "--finetune-steps", "0",
-                                      "--step", "0.3"])
+                                      "--step", "0.3", "--strategy", "magnitude"])
     assert result.exit_code == INFEASIBLE_EXIT, result.output
     assert result.stderr.startswith("error: budgets cannot both hold:") and len(result.stderr.strip().splitlines()) == 1
     manifest = json.loads((out / "manifest.json").read_text())
@@ -172,7 +174,7 @@ def test_a_final_finetune_is_one_more_step_on_the_same_widths(tmp_path: Path, qu
     """Pruned without fine-tuning, the autoencoder loses PSNR; fine-tuning the final model wins some back, on the
     widths (so the latency) of the step it came from, and that model is what the bundle publishes."""
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.8x",
-                            metric_budget="psnr>=10", step=0.3, final_finetune_steps=60)
+                            metric_budget="psnr>=10", step=0.3, final_finetune_steps=60, strategy="magnitude")
     result = tune(settings, tmp_path / "final")
     manifest = json.loads((tmp_path / "final" / "manifest.json").read_text())
     *_, before, final = manifest["steps"]
@@ -205,10 +207,11 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return root
 
 
-def test_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
-                                                                     shared_profiles: Path) -> None:
+def test_the_default_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
+                                                                                 shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=15", step=0.5, strategy="knapsack", finetune_steps=20)
+                            metric_budget="psnr>=15", step=0.5, finetune_steps=20)
+    assert settings.strategy == "knapsack" and "default: knapsack" in CliRunner().invoke(app, ["tune", "--help"]).stdout
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
     manifest = result.manifest
@@ -286,7 +289,7 @@ def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_ta
     spec = tmp_path / "interruptible.py"
     spec.write_text(INTERRUPTIBLE)
     settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=20,
-                            step=0.2, metric_budget="psnr>=30")
+                            step=0.2, metric_budget="psnr>=30", strategy="magnitude")
     out, staging = tmp_path / "run", tmp_path / ".run.partial"
     monkeypatch.setenv("INTERRUPT_AT_FINETUNE", "2")
     with pytest.raises(KeyboardInterrupt):
@@ -297,9 +300,18 @@ def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_ta
     with pytest.raises(RunFolderError, match="add --resume to continue it"):
         tune(settings, out)
     monkeypatch.delenv("INTERRUPT_AT_FINETUNE")
+    # interrupted again after its last step, while writing the bundle: the next resume only finishes
+    bundle = sys.modules["edgeprune.loop.tune"]
+    monkeypatch.setattr(bundle, "write_bundle", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        tune(settings, out, resume=True)
+    ended = json.loads((staging / "checkpoint.json").read_text())
+    assert ended["ended"][0] == "met"
+    monkeypatch.undo()
     result = tune(settings, out, resume=True)
     assert result.status == "met" and not staging.exists(), result.reason
     steps = result.manifest.steps
+    assert [s.model_dump(mode="json") for s in steps] == ended["state"]["steps"]  # no step after the loop ended
     assert [s.model_dump() for s in steps[:2]] == before  # the steps before the interruption: taken over, not redone
     assert len(steps) > 2 and steps[-1].status == "accepted"
     assert {p.name for p in out.iterdir()} >= {"manifest.json", "plan.json", "weights.pt"}

@@ -6,7 +6,10 @@ The device agent (``edgeprune/agent.py``) uses it too: it needs only the standar
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,3 +40,29 @@ def state_dict_hash(model: nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def architecture_facts(model: nn.Module, inputs: Sequence[object]) -> dict[str, object] | None:
+    """What a model's structure is, without its weights: every module's type, settings and parameter shapes, the
+    source of every layer class not from torch (a user's ``forward`` edited is another architecture), the versions
+    of the packages they come from, and the inputs' shapes and dtypes. None when a class's source cannot be read
+    (defined interactively): nothing keyed by it may then be reused."""
+    sources: dict[str, str] = {}
+    for module in model.modules():
+        cls = type(module)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        if name in sources or cls.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            sources[name] = hashlib.sha256(inspect.getsource(cls).encode()).hexdigest()
+        except (OSError, TypeError):
+            return None
+    owners = metadata.packages_distributions()
+    packages = sorted({dist for name in ["torch", *sources] for dist in owners.get(name.split(".")[0], [])})
+    return {
+        "modules": [(name, type(m).__name__, m.extra_repr(), [tuple(p.shape) for p in m.parameters(recurse=False)])
+                    for name, m in model.named_modules()],
+        "sources": sources,
+        "packages": {dist: metadata.version(dist) for dist in packages},
+        "inputs": [(tuple(t.shape), str(t.dtype)) for t in inputs],  # type: ignore[attr-defined]
+    }

@@ -37,6 +37,7 @@ from edgeprune.core.targets import Target
 from edgeprune.core.task import TaskError, load_task, one_line
 from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
 from edgeprune.measure.cost import CostModel
+from edgeprune.measure.store import ProfileStore, profile_task
 from edgeprune.planners import (
     LatencyTarget,
     PlannerError,
@@ -124,11 +125,13 @@ class LoopState(BaseModel):
 
 
 class Checkpoint(BaseModel):
-    """The checkpoint file: the run's key, its baseline and the state after the last step (weights beside it)."""
+    """The checkpoint file: the run's key, its baseline and the state after the last step (weights beside it), and
+    how the step loop ended once it has (a resumed run then only finishes)."""
 
     run_key: str
     baseline: Baseline
     state: LoopState
+    ended: tuple[Literal["met", "infeasible"], str] | None = None
 
 
 @dataclass
@@ -233,8 +236,6 @@ class Loop:
     def cost_model(self, dense: ComponentGraph, artifact: Artifact, dense_ms: float) -> tuple[CostModel, Path | None]:
         """The target's cost model of the dense model: from profiles/ when one with this key is stored, else
         measured (minutes) and stored; then calibrated on this run's own dense measurement too."""
-        from edgeprune.measure.store import ProfileStore, profile_task
-
         self.log("cost model: reusing the stored one or building it from per-layer latency tables")
         result = profile_task(self.task, self.target, self.runtime, self.inputs, dense, ProfileStore(),
                               cost_model=True, artifact=artifact, dense_ms=dense_ms, log=self.log,
@@ -245,17 +246,20 @@ class Loop:
 
     # -- the run -----------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> Outcome:
-        state = self.restore() if resume else None
-        if state is None:
-            state = self.dense_stage()
+        restored = self.restore() if resume else None
+        if restored is None:
+            state: LoopState | Outcome = self.dense_stage()
             self.checkpoint(state)
         else:
+            state, ended = restored
             self.log(f"resuming after step {state.steps[-1].index} (ratio {state.ratio:.3g})")
-        if state.steps[0].latency_ms <= self.baseline.budget_ms:
+            if ended is not None:
+                state = Outcome(*ended, state)
+        if isinstance(state, LoopState) and state.steps[0].latency_ms <= self.baseline.budget_ms:
             return Outcome("met", "the dense model already meets both budgets", state)
         while not isinstance(state, Outcome):
             state = self.step(state)
-            self.checkpoint(state.state if isinstance(state, Outcome) else state)
+            self.checkpoint(state)
         return self.final_finetune(state)
 
     def final_finetune(self, outcome: Outcome) -> Outcome:
@@ -281,15 +285,18 @@ class Loop:
             self.log(f"step {index}: {FINAL} ({steps} steps), {metric}={metrics[metric]:.4g}")
             state = s.model_copy(update={"steps": [*s.steps, record], "best": index, "graph": graph,
                                          "artifact": artifact})
-        self.checkpoint(state)
-        return Outcome(outcome.status, outcome.reason, state)
+        final = Outcome(outcome.status, outcome.reason, state)
+        self.checkpoint(final)
+        return final
 
     def dense_stage(self) -> LoopState:
         """Evaluate, measure and trace the dense model; fix the budgets' thresholds (and a latency planner's cost
         model)."""
         start = time.perf_counter()
         graph = self.trace(self.task.build())
-        frozen = graph.validate(self.inputs, self.target.granule)
+        frozen = graph.validate(self.inputs, self.target.granule, ProfileStore().validated)
+        if graph.validated_from is not None:
+            self.log(f"group validation reused from {graph.validated_from}")
         for key, reason in frozen.items():
             self.log(f"group {key}: {reason}")
         plan = Plan.dense(self.settings.task, graph)
@@ -463,17 +470,20 @@ class Loop:
                                      f"{self.metric_budget.metric}={best.metrics[self.metric_budget.metric]:.4g}", s)
 
     # -- checkpoints: every step lands on disk, so an interrupted run resumes where it stopped --------------------
-    def checkpoint(self, s: LoopState) -> None:
+    def checkpoint(self, at: LoopState | Outcome) -> None:
+        """Save the state (and, once the step loop has ended, its status and reason) for a resume."""
         folder = self.work.parent
+        s, ended = (at.state, (at.status, at.reason)) if isinstance(at, Outcome) else (at, None)
         torch.save(s.model.state_dict(), folder / ".checkpoint.pt.tmp")
         (folder / ".checkpoint.json.tmp").write_text(
-            Checkpoint(run_key=self.key, baseline=self.baseline, state=s).model_dump_json())
+            Checkpoint(run_key=self.key, baseline=self.baseline, state=s, ended=ended).model_dump_json())
         (folder / ".checkpoint.pt.tmp").replace(folder / CHECKPOINT_WEIGHTS)
         (folder / ".checkpoint.json.tmp").replace(folder / CHECKPOINT)
 
-    def restore(self) -> LoopState | None:
-        """The state of an interrupted run of these settings (None when there is none): the plan replayed on a
-        freshly traced dense model, the checkpoint's weights loaded into it."""
+    def restore(self) -> tuple[LoopState, tuple[Literal["met", "infeasible"], str] | None] | None:
+        """The state of an interrupted run of these settings and how its step loop ended, if it had (None when there
+        is no such run): the plan replayed on a freshly traced dense model, the checkpoint's weights loaded into
+        it."""
         path = self.work.parent / CHECKPOINT
         if not path.is_file():
             return None
@@ -487,4 +497,4 @@ class Loop:
         graph.model.eval()
         checkpoint = Checkpoint.model_validate({**data, "state": {**data["state"], "graph": graph}})
         self.baseline = checkpoint.baseline
-        return checkpoint.state
+        return checkpoint.state, checkpoint.ended

@@ -11,7 +11,7 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.hashing import digest_json
 from edgeprune.core.targets import Target
 from edgeprune.core.task import Task
-from edgeprune.planners import PLANNERS, plans_latency
+from edgeprune.planners import DEFAULT_STRATEGY, PLANNERS, plans_latency
 from edgeprune.prune.importance import Combine, FlowPolicy
 
 
@@ -37,9 +37,10 @@ class TuneSettings(BaseModel):
                                                            "step (kept only if its metric is no worse)")
     seed: int = 0
     strategy: str = Field(
-        "magnitude", description="the planner that chooses each step's channels (a name in edgeprune.planners.PLANNERS): "
-                                 "uniform magnitude, one global ranking, grid search on the metric, gradient descent, "
-                                 "or a latency knapsack on the target's measured cost model")
+        DEFAULT_STRATEGY, description="the planner that chooses each step's channels (a name in "
+                                      "edgeprune.planners.PLANNERS): by default the latency knapsack on the target's "
+                                      "measured cost model; uniform magnitude, one global ranking, grid search on the "
+                                      "metric, gradient descent, or a baseline")
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
                                                           "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(

@@ -336,7 +336,8 @@ class CostModelBuilder:
         """The dense model's sites, from one probe export (every group cut to a width no tensor has)."""
         dense = onnx.shape_inference.infer_shapes(onnx.load(str(dense_onnx)))
         widths = {key: info.width for key, info in self.graph.groups.items()}
-        probes = probe_counts({k: w for k, w in widths.items() if w > 1}, all_dims(dense))
+        probes = probe_counts({k: w for k, w in widths.items() if w > 1}, all_dims(dense),
+                              {key: info.divisor for key, info in self.graph.groups.items()})
         path = export_onnx(self.pruned(probes), self.inputs, self.folder / "probe.onnx")
         probe = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
         path.unlink()

@@ -48,10 +48,12 @@ def profile_key(facts: dict[str, object]) -> str:
 
 
 class ProfileStore:
-    """``ROOT/TASK/TARGET-KEY.csv`` (+ ``.json`` provenance) and ``TARGET-KEY.cost.json``."""
+    """``ROOT/TASK/TARGET-KEY.csv`` (+ ``.json`` provenance) and ``TARGET-KEY.cost.json``; ``ROOT/validated/KEY.json``
+    the groups' validations (:meth:`ComponentGraph.validate`), shared by every target."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_root()
+        self.validated = self.root / "validated"
 
     def _stem(self, task: str, target: str, key: str) -> Path:
         return self.root / task / f"{target}-{key}"

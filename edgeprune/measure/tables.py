@@ -136,12 +136,15 @@ class Site(BaseModel):
 
 # -- finding sites ---------------------------------------------------------------------------------------------
 
-def probe_counts(widths: Mapping[str, int], taken: set[int]) -> dict[str, int]:
-    """Per group a width just below its own that no tensor dim of the dense model has and no other group got."""
+def probe_counts(widths: Mapping[str, int], taken: set[int], divisors: Mapping[str, int] | None = None
+                 ) -> dict[str, int]:
+    """Per group a width just below its own that no tensor dim of the dense model has and no other group got, and
+    that is a multiple of the group's divisor (a GroupNorm over 16 channels in 4 groups cannot take 14)."""
     counts: dict[str, int] = {}
     used = set(taken)
     for key, width in sorted(widths.items()):
-        for cut in range(1, width):
+        step = (divisors or {}).get(key, 1)
+        for cut in range(step, width, step):
             if width - cut not in used:
                 counts[key] = width - cut
                 used.add(width - cut)
@@ -249,6 +252,8 @@ def _site(node: onnx.NodeProto, twin: onnx.NodeProto, opset: int, group_of: Mapp
             why = why or "a constant input (a shape) changes with a cut"
         operands.append(Operand(kind="const", dtype=d_types[name], dims=dims,
                                 values=tuple(value.astype(np.float64).ravel().tolist())))
+    if operands and not any(o.kind == "input" for o in operands):
+        return None  # weights and constants only (a slice of an LSTM's weights): folded when the runtime loads it
     changed_out = False
     for name, other in zip(node.output, twin.output, strict=False):
         a, b = d_shapes.get(name), p_shapes.get(other)
@@ -283,6 +288,9 @@ def _site(node: onnx.NodeProto, twin: onnx.NodeProto, opset: int, group_of: Mapp
         return Site(node=node.name, scaled=groups, why=why)
     signature = LayerSignature(op_type=node.op_type, domain=node.domain, opset=opset, attributes=attributes,
                                symbolic_attributes=symbolic, operands=tuple(operands), outputs=len(node.output))
+    if len(signature.symbols) < len(symbols):  # a group's probe width in an output only: a derived dim (a concat's
+        return Site(node=node.name, scaled=groups,  # sum of widths) that happens to equal it
+                    why="an output dim that is no single group's width changes")
     axes = tuple(symbols)
     return Site(node=node.name, signature=signature, axes=axes, widths=tuple(widths[k] for k in axes))
 
@@ -366,7 +374,8 @@ class SweepTimes(NamedTuple):
 
 def variant_times(frame: pd.DataFrame, count: int) -> SweepTimes:
     """Per variant index, its time in a sweep's per-layer profile (ORT nodes, or engine layers with the ONNX nodes
-    they cover); the per-node floor (median of the floor nodes) and the reference layer's time (floor subtracted)."""
+    they cover); the per-node floor (median of the floor nodes) and the reference layer's time (floor subtracted).
+    In a sweep of one variant, nodes of no known name (the runtime's rewrite of it) are that variant's."""
     times: dict[int, float] = {}
     floors: list[float] = []
     references: list[float] = []
@@ -377,8 +386,10 @@ def variant_times(frame: pd.DataFrame, count: int) -> SweepTimes:
                 floors.append(float(row.time_ms))
             elif name.startswith(REFERENCE_PREFIX):
                 references.append(float(row.time_ms))
-            elif name.startswith("v") and name[1:6].isdigit():
-                index = int(name[1:6])
+            elif name.startswith(WARM_PREFIX):
+                continue
+            elif (name.startswith("v") and name[1:6].isdigit()) or count == 1:
+                index = int(name[1:6]) if name.startswith("v") and name[1:6].isdigit() else 0
                 if index < count:
                     times[index] = times.get(index, 0.0) + float(row.time_ms) / len(names)
     floor = float(np.median(floors)) if floors else 0.0
@@ -452,24 +463,32 @@ class TableStore:
         """Measure ``wanted`` in sweep graphs (``measure_sweep(model, feeds, index)`` builds and profiles one),
         saving after each; returns the number of sweeps."""
         sweeps = 0
-        for batch in batches(wanted):
+
+        def sweep(batch: list[tuple[LayerSignature, Point]]) -> list[tuple[LayerSignature, Point]]:
+            """Measure ``batch`` in one sweep graph; returns the variants the profile has no time for."""
+            nonlocal sweeps
             model, feeds = sweep_graph(batch, opsets, seed=sweeps)
-            frame = measure_sweep(model, feeds, sweeps)
-            times, floor, reference = variant_times(frame, len(batch))
+            times, floor, reference = variant_times(measure_sweep(model, feeds, sweeps), len(batch))
+            sweeps += 1
             if not self.data.reference_ms:
                 self.data.reference_ms = reference
             scale = self.data.reference_ms / reference if reference > 0 else 1.0
-            missing = [i for i in range(len(batch)) if i not in times]
-            if missing:
-                raise ValueError(f"the sweep's profile has no time for {len(missing)} of its {len(batch)} variants "
-                                 f"(e.g. {batch[missing[0]][0].describe()} at {point_name(batch[missing[0]][1])})")
             for i, (signature, point) in enumerate(batch):
-                self.table(signature).points[point_name(point)] = max(times[i] - floor, 0.0) * scale
+                if i in times:
+                    self.table(signature).points[point_name(point)] = max(times[i] - floor, 0.0) * scale
             n = self.data.sweeps
             self.data.floor_ms = (self.data.floor_ms * n + floor) / (n + 1)
             self.data.sweeps += 1
             self.save()
-            sweeps += 1
+            return [variant for i, variant in enumerate(batch) if i not in times]
+
+        for batch in batches(wanted):
+            # a variant the runtime rewrote under other node names (ORT expands HardSwish into HardSigmoid and Mul)
+            # is measured again alone, where every node not the floor's or the reference's is its own
+            for variant in sweep(batch):
+                if sweep([variant]):
+                    raise ValueError(f"the sweep's profile has no time for {variant[0].describe()} at "
+                                     f"{point_name(variant[1])}")
             advance(len(batch))
         return sweeps
 

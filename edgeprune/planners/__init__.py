@@ -20,5 +20,8 @@ from edgeprune.planners.gradient import GradientSettings
 from edgeprune.planners.grid import GridSettings
 from edgeprune.planners.space import policy_sparsity
 
-__all__ = ["PLANNERS", "GradientSettings", "GridSettings", "LatencyTarget", "Planner", "PlannerError", "Proposal",
+#: What ``edgeprune tune`` plans with unless told otherwise: the latency knapsack on the target's measured cost model
+DEFAULT_STRATEGY = "knapsack"
+
+__all__ = ["DEFAULT_STRATEGY", "PLANNERS", "GradientSettings", "GridSettings", "LatencyTarget", "Planner", "PlannerError", "Proposal",
            "SparsityTarget", "StepContext", "StepTarget", "get_planner", "plans_latency", "policy_sparsity"]
