@@ -386,11 +386,10 @@ def variant_times(frame: pd.DataFrame, count: int) -> SweepTimes:
                 floors.append(float(row.time_ms))
             elif name.startswith(REFERENCE_PREFIX):
                 references.append(float(row.time_ms))
-            elif name.startswith(WARM_PREFIX):
-                continue
-            elif (name.startswith("v") and name[1:6].isdigit()) or count == 1:
-                index = int(name[1:6]) if name.startswith("v") and name[1:6].isdigit() else 0
-                if index < count:
+            elif not name.startswith(WARM_PREFIX):
+                numbered = name.startswith("v") and name[1:6].isdigit()
+                index = int(name[1:6]) if numbered else 0
+                if (numbered or count == 1) and index < count:
                     times[index] = times.get(index, 0.0) + float(row.time_ms) / len(names)
     floor = float(np.median(floors)) if floors else 0.0
     return SweepTimes(times, floor, max(float(np.median(references)) - floor, 0.0) if references else 0.0)
