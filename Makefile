@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # the conformance suite's architectures, test-only: installed beside the pinned torch, never a requirement of the
 # package (ultralytics is AGPL)
-CONFORMANCE := timm>=1.0 ultralytics>=8.3
+CONFORMANCE := "timm>=1.0" "ultralytics>=8.3"
 DEBS   := dataset-fashion-mnist openssh-server openssh-client chromium
 
 .PHONY: setup demo test bench bench-page profiles clean
