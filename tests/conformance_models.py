@@ -257,6 +257,7 @@ def check(name: str, folder: Path, latency: bool = True) -> Row:
     """Trace, validate, prune 30 % of every group by magnitude (flows jointly) and, with ``latency``, plan a prune
     with the knapsack on the measured cost model (ONNX Runtime on this CPU, few timed runs, layer tables shared in
     ``folder``); run each, export and check on ONNX Runtime; raises whatever breaks (the suite's failure)."""
+    from edgeprune.artifact.export import flat_outputs
     from edgeprune.prune.graph import ComponentGraph
     from edgeprune.prune.importance import MagnitudeImportance
     from edgeprune.prune.plan import Plan, cut_to_counts, uniform_counts
@@ -268,10 +269,12 @@ def check(name: str, folder: Path, latency: bool = True) -> Row:
     pruned = dense.fork()
     cut_to_counts(pruned, plan, uniform_counts(plan, RATIO, GRANULE, "joint"), MagnitudeImportance("joint"))
     planned = _latency_planned(name, dense, inputs, folder) if latency else None
+    with torch.no_grad():
+        shapes = [t.shape for t in flat_outputs(model(*inputs))]
     return Row(name, _params(model), len(dense.groups), sum(g.kind == "flow" for g in dense.groups.values()),
                dict(dense.frozen), tuple(dense.opaque), _params(pruned.model),
-               _verified(pruned.model, model, inputs, folder / f"{name}.onnx"),
-               None if planned is None else _verified(planned, model, inputs, folder / f"{name}-planned.onnx"))
+               _verified(pruned.model, shapes, inputs, folder / f"{name}.onnx"),
+               None if planned is None else _verified(planned, shapes, inputs, folder / f"{name}-planned.onnx"))
 
 
 def _latency_planned(name: str, dense: ComponentGraph, inputs: tuple[torch.Tensor, ...], folder: Path) -> nn.Module:
@@ -300,15 +303,15 @@ def _latency_planned(name: str, dense: ComponentGraph, inputs: tuple[torch.Tenso
     return KnapsackPlanner().propose(context, LatencyTarget(LATENCY * cost.predict_ms({}), best_effort=True)).model
 
 
-def _verified(pruned: nn.Module, dense: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> bool:
-    """Whether the pruned model's outputs keep the dense model's shapes; raises when its ONNX export does not match
-    it on ONNX Runtime."""
+def _verified(pruned: nn.Module, shapes: list[torch.Size], inputs: tuple[torch.Tensor, ...], path: Path) -> bool:
+    """Whether the pruned model's outputs keep the dense model's ``shapes``; raises when its ONNX export does not
+    match it on ONNX Runtime."""
     from edgeprune.artifact.export import check_export, export_onnx, flat_outputs
     from edgeprune.core.targets import load_target
     from edgeprune.runtimes import get_runtime
 
     with torch.no_grad():
-        kept = [t.shape for t in flat_outputs(pruned(*inputs))] == [t.shape for t in flat_outputs(dense(*inputs))]
+        kept = [t.shape for t in flat_outputs(pruned(*inputs))] == shapes
     check_export(pruned, inputs, export_onnx(pruned, inputs, path), get_runtime(load_target("cpu")))
     return kept
 
