@@ -5,7 +5,7 @@
 Per task and latency budget (relative to the dense model on the ``cpu`` target), with the task's default metric
 budget. The loop methods run ``edgeprune tune`` with the same settings — the same latency schedule (a share of the
 dense latency per step, larger while the metric has headroom, halved after a rollback), the same fine-tune steps
-after every pruning step, the same rollback on the metric, the same measurements (each step timed in alternation
+after every pruning step and on the final widths, the same rollback on the metric, the same measurements (each step timed in alternation
 with the dense model), the same cost model — and differ only in which channels go:
 
 - ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,
@@ -50,11 +50,15 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
+from edgeprune.loop.loop import FINAL
 from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
 FINETUNE = {"digits-autoencoder": 100, "digits-resnet": 40, "pendulum-agent": 200, "fashion-resnet18": 100,
             "fashion-mobilenet_v2": 100}
+FINAL_FINETUNE = {task: 4 * steps for task, steps in FINETUNE.items()}
+"""Fine-tune steps on the final widths, after the last pruning step (``--final-finetune-steps``): kept only where
+the metric does not get worse, and counted in the method's fine-tune steps."""
 FLOW_POLICY = {"digits-resnet": "joint"}  # see the module docstring
 LOOP = ["edgeprune", "tp-local", "tp-global", "tp-taylor", "halp"]
 ONE_SHOT = {"tp-global one-shot": True, "tp-local one-shot": False}  # method -> global pruning
@@ -70,15 +74,18 @@ def loop_run(task: Task, method: str, budget: str, work: Path) -> dict[str, obje
     strategy = "knapsack" if method == "edgeprune" else method
     flow_policy = FLOW_POLICY.get(task.name, "protect") if method == "edgeprune" else "joint"
     settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=strategy,
-                            finetune_steps=FINETUNE[task.name], flow_policy=flow_policy)
+                            finetune_steps=FINETUNE[task.name], final_finetune_steps=FINAL_FINETUNE[task.name],
+                            flow_policy=flow_policy)
     result = tune(settings, work / f"{task.name}-{method}-{budget}")
     manifest = result.manifest
     pruned = manifest.pruned
-    tuned = sum(1 for s in manifest.steps if s.index > 0 and s.metrics)  # proposals fine-tuned and evaluated
+    final = sum(1 for s in manifest.steps if s.note.startswith(FINAL))  # 0 when no step was accepted
+    tuned = sum(1 for s in manifest.steps if s.index > 0 and s.metrics) - final  # proposals fine-tuned and evaluated
     return {"metric": pruned.metrics[task.metric], "relative": pruned.latency_ms / manifest.dense.latency_ms,
             "run_dense_ms": manifest.dense.latency_ms, "macs": pruned.macs,
             "metric_holds": manifest.budgets.metric.holds, "run_status": result.status,
-            "measurements": manifest.measurements, "finetune_steps": tuned * FINETUNE[task.name],
+            "measurements": manifest.measurements, "final_finetune_steps": FINAL_FINETUNE[task.name],
+            "finetune_steps": tuned * FINETUNE[task.name] + final * FINAL_FINETUNE[task.name],
             "steps_accepted": sum(1 for s in manifest.steps if s.status == "accepted"),
             "steps_rolled_back": sum(1 for s in manifest.steps if s.status == "rolled-back"),
             "wall_s": manifest.wall_s}
@@ -115,7 +122,7 @@ def one_shot(task: Task, method: str, budget: str, metric: MetricBudget, dense_v
     value = task.evaluate(model)[task.metric]
     return {"metric": value, "relative": paired.ratio, "macs": macs_of(model, task),
             "metric_holds": metric.holds(value, dense_value), "ratio": step / 10, "measurements": measurements,
-            "finetune_steps": finetune_steps, "wall_s": time.perf_counter() - started}
+            "final_finetune_steps": 0, "finetune_steps": finetune_steps, "wall_s": time.perf_counter() - started}
 
 
 def judge(row: dict[str, object]) -> dict[str, object]:
@@ -126,6 +133,15 @@ def judge(row: dict[str, object]) -> dict[str, object]:
     return {**row, "latency_holds": latency_holds, "status": status}
 
 
+def provenance(frame: pd.DataFrame) -> str:
+    """When the rows were measured: in one run, or per task the bench run(s) (their starts) its rows come from — a
+    task's rows from two runs are a resumed run, or rows merged by hand, and the table says so."""
+    runs = frame.groupby("task", sort=False)["run"].unique()
+    if frame["run"].nunique() == 1:
+        return f"every row in one run (started {frame['run'].iloc[0]})"
+    return "rows by the run they were measured in: " + "; ".join(f"{t} {', '.join(r)}" for t, r in runs.items())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["digits-autoencoder", "digits-resnet", "pendulum-agent",
@@ -134,8 +150,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*LOOP, *ONE_SHOT])
     parser.add_argument("--report-only", action="store_true",
                         help="write the tables from the rows journalled so far (a bench stopped part-way); run nothing")
+    parser.add_argument("--note", default="", help="a sentence on how this run was made, written under the header")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    run = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     work = RESULTS / ".latency_budget-work"
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EDGEPRUNE_PROFILES", str(work / "profiles"))
@@ -159,7 +177,7 @@ def main() -> None:
                 else:
                     row = loop_run(task, method, budget, work)
                 row = {"task": name, "budget": budget, "method": method, "measured": dt.date.today().isoformat(),
-                       "dense_metric": dense_value, "metric_budget": str(metric), **row,
+                       "run": run, "dense_metric": dense_value, "metric_budget": str(metric), **row,
                        "speedup": 1.0 / float(row["relative"]), "mac_reduction": dense_macs / float(row["macs"])}
                 row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
                 with journal.open("a") as fh:
@@ -172,17 +190,20 @@ def main() -> None:
                               ascending=[True, False, True], ignore_index=True)
     frame.to_csv(RESULTS / "latency_budget.csv", index=False)
     shown = frame[["task", "budget", "method", "status", "metric", "dense_metric", "speedup", "mac_reduction",
-                   "speedup_per_mac_reduction", "measurements", "finetune_steps", "wall_s", "run_status"]]
+                   "speedup_per_mac_reduction", "measurements", "final_finetune_steps", "finetune_steps", "wall_s",
+                   "run_status"]]
     text = (f"# Latency budget: edgeprune vs the baselines through the same loop\n\n"
             f"`python bench/latency_budget.py --tasks {' '.join(args.tasks)} --budgets {' '.join(args.budgets)}"
             f"{' --methods ' + ' '.join(args.methods) if args.methods != parser.get_default('methods') else ''}` — "
             f"target `{TARGET}` ({platform.processor() or platform.machine()}, ONNX Runtime, 1 thread), "
-            f"{dt.date.today().isoformat()}, every row in one run. Fine-tune steps after every pruning step: "
-            f"{FINETUNE}. `speedup` = dense / pruned latency, measured in alternation with the dense model; `status` "
+            f"{provenance(frame)}. Fine-tune steps after every pruning step: "
+            f"{FINETUNE}; `final_finetune_steps`: on the final widths after the last one (loop methods; kept only "
+            f"where the metric holds up). `speedup` = dense / pruned latency, measured in alternation with the dense model; `status` "
             f"judges it against the relative budget and the metric against the task's metric budget; "
             f"`finetune_steps`: all fine-tuning the method spent; `wall_s` of a task's first loop method includes "
             f"building its cost model. `run_status`: what the tune run itself concluded. One-shot rows are "
-            f"Torch-Pruning's MetaPruner from dense, not the loop (see bench/latency_budget.py).\n\n"
+            f"Torch-Pruning's MetaPruner from dense, not the loop (see bench/latency_budget.py)."
+            f"{' ' + args.note if args.note else ''}\n\n"
             f"{shown.to_markdown(index=False, floatfmt='.4g')}\n")
     missing = [f"{t} {b} {m}" for t in args.tasks for b in args.budgets for m in args.methods if (t, b, m) not in done]
     if missing:

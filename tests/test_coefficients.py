@@ -325,6 +325,41 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
         _knapsack(task, two_part, plan, 2.6, component_shares={"policy": 0.5}, **args)
 
 
+class _Louder:
+    """The application importance with one group's scores times ``factor``: what a loss that much more sensitive
+    to that group's channels would measure. ``comparable=False`` says they are per-group units (as magnitudes are)."""
+
+    def __init__(self, inner: ApplicationImportance, key: str, factor: float, comparable: bool) -> None:
+        self.inner, self.key, self.factor, self.comparable = inner, key, factor, comparable
+        self.description, self.notes = inner.description, inner.notes
+
+    def scores(self, graph: ComponentGraph, keys: list[str], batches: Iterator[object] | None = None
+               ) -> dict[str, torch.Tensor]:
+        return {k: v * (self.factor if k == self.key else 1.0) for k, v in self.inner.scores(graph, keys, batches).items()}
+
+    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
+        return self.scores(graph, [key])[key]
+
+
+def test_latency_knapsack_weighs_groups_by_what_the_loss_says_they_are_worth(two_part) -> None:
+    """The application importance is in the loss's units across groups, so the knapsack compares it as it is: a
+    decoder the loss needs three times more keeps its channels, and the encoder gives the time instead. Dividing
+    each component's scores by their mean (right for magnitudes) would cancel that wholly here, decoder.1 being its
+    component's only group: the knapsack then cuts as if the loss had said nothing."""
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+
+    def knapsack(factor: float, comparable: bool = True) -> Plan:
+        context = _context(task, two_part, plan, cost=cost)
+        context.importance = _Louder(context.importance, "decoder.1", factor, comparable)  # type: ignore[arg-type]
+        return get_planner("knapsack").propose(context, LatencyTarget(2.6)).plan
+
+    plain, loud, cancelled = knapsack(1.0), knapsack(3.0), knapsack(3.0, comparable=False)
+    assert plain.kept("encoder.0") == 32 and plain.kept("decoder.1") < 48  # per ms, the decoder is cheapest
+    assert loud.kept("encoder.0") < 32 and loud.kept("decoder.1") > plain.kept("decoder.1")
+    assert cancelled.groups == plain.groups
+
+
 def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -> None:
     """With a cost model and a budget, the gradient strategy aims at a predicted latency, not a sparsity: it ends
     at or under budget · (1 + epsilon) and spends its cuts where they save time."""

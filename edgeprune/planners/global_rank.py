@@ -1,10 +1,12 @@
 """``global``: one ranking of granule-sized channel blocks over all groups, least important removed until rho.
 
-Scores are application importance divided by their component's mean channel score first (a flow group is its own
-component here: its scores are already combined from its components' normalised ones), so a component whose
-weights happen to be small, or whose loss gradients are, is not wiped out by one that is large — and cannot hide
-behind it either. Inside a group blocks go least important first; a block's score is its channels' mean. The
-coefficients follow from where each group's importance falls in the ranking; no metric evaluation is spent.
+Scores are the application importance, in the task loss's units across groups (each group's mean sensitivity),
+so the loss decides which group and which component gives channels. Magnitudes alone (a task without a loss) are
+in each layer's own weight scale: they are divided by their component's mean first (a flow group is its own
+component here), so a component whose weights happen to be small is not wiped out by one whose weights are large
+— and cannot hide behind it either (:meth:`SearchSpace.cluster_means`). Inside a group blocks go least important
+first; a block's score is its channels' mean. The coefficients follow from where each group's importance falls in
+the ranking; no metric evaluation is spent.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from edgeprune.planners.space import Search, SearchSpace, SpaceGroup, steps_down
 @register
 class GlobalPlanner:
     name: ClassVar[str] = "global"
-    summary: ClassVar[str] = "one ranking of channel blocks, normalised per component"
+    summary: ClassVar[str] = "one ranking of channel blocks by application importance"
     aims: ClassVar[type] = SparsityTarget
     accepts: ClassVar[tuple[type, ...]] = (SparsityTarget,)
 
@@ -60,8 +62,8 @@ def rank_blocks(space: SearchSpace, target: SparsityTarget) -> Search:
 
 
 def removals(space: SearchSpace) -> Iterator[tuple[str, int]]:
-    """The ranked space's granule blocks, globally least important first (a block's score: its channels' mean over
-    its cluster's mean): per block, its group and the group's keep count once it goes."""
+    """The ranked space's granule blocks, globally least important first (a block's score: its channels' mean, over
+    its cluster's mean where scores are not comparable across groups): per block, its group and the group's keep count once it goes."""
     free = space.free
     means = space.cluster_means()
     steps = steps_down(free, space.granule)

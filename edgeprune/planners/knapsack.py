@@ -3,10 +3,11 @@
 Where the sparsity planners aim at a share of channels, this aims at a latency: the cost model
 (:mod:`edgeprune.measure.cost`), measured on the target, prices every granule block of channels, so time is taken
 where the target spends it rather than where FLOPs are. A greedy knapsack over granule blocks: each round prices
-the next block of every group (its channels' application importance, divided by the component's mean as in the
-global ranking) against the latency the cost model says removing it saves, and removes the cheapest; a block that
-saves nothing is never taken. The context's component shares cap a component's predicted time at a share of the
-target (an encoder that may take at most 30 % of it): while one is over, only groups touching it are cut.
+the next block of every group (its channels' application importance, in the task loss's units across groups; a
+magnitude over its cluster's mean, see :meth:`SearchSpace.cluster_means`) against the latency the cost model says
+removing it saves, and removes the cheapest; a block that saves nothing is never taken. The context's component
+shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of it):
+while one is over, only groups touching it are cut.
 """
 
 from __future__ import annotations

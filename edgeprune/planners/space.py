@@ -147,8 +147,14 @@ class SearchSpace:
         return plan
 
     def cluster_means(self) -> dict[str, float]:
-        """Each cluster's mean channel score: what global rankings divide by, so no component is starved."""
+        """Each cluster's mean channel score: what global rankings divide by, so no component is starved by scores
+        in units of their own (magnitudes). Scores already comparable across groups (the application importance's,
+        in the task loss's units) are divided by 1: dividing them by their cluster's mean would cancel what the
+        loss says one group is worth against another — wholly so where a cluster is one group (a flow group, a
+        component of one group), leaving the ranking to milliseconds alone."""
         free = self.free
+        if self.context.importance.comparable:
+            return {g.cluster: 1.0 for g in free}
         means: dict[str, float] = {}
         for cluster in {g.cluster for g in free}:
             mean = float(torch.cat([g.scores for g in free if g.cluster == cluster]).mean())

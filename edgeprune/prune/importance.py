@@ -147,10 +147,13 @@ def sensitivity_scales(sensitivity: Mapping[str, torch.Tensor]) -> dict[str, flo
 # -- importance objects: configured once per run, called on groups of a step's graph ---------------------------------
 class Importance(Protocol):
     """Per-channel scores of groups of a graph (higher: more important), as Torch-Pruning's importance classes are
-    callables on a group. ``description`` says what the scores are made of (reports); ``notes`` what was missing."""
+    callables on a group. ``description`` says what the scores are made of (reports); ``notes`` what was missing;
+    ``comparable``: whether one group's scores are in the same units as another's (the task loss's), so a ranking
+    across groups may compare them as they are rather than each over its cluster's mean."""
 
     description: str
     notes: tuple[str, ...]
+    comparable: bool
 
     def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
                ) -> dict[str, torch.Tensor]: ...
@@ -165,6 +168,7 @@ class MagnitudeImportance:
         self.flow_policy, self.how = flow_policy, how
         self.description = "magnitude"
         self.notes: tuple[str, ...] = ()
+        self.comparable = False
 
     def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
                ) -> dict[str, torch.Tensor]:
@@ -188,6 +192,7 @@ class ApplicationImportance:
         self.loss = loss if batches is not None else None
         self.batches, self.seed = batches, seed
         self.flow_policy, self.how, self.n_batches, self.weight = flow_policy, how, n_batches, weight
+        self.comparable = self.loss is not None  # :func:`sensitivity_scales` put every group in the loss's units
         if self.loss is None:
             self.description = "magnitude"
             self.notes: tuple[str, ...] = (f"task {task_name!r} has no loss/batches: channels ranked by magnitude alone",)
@@ -228,6 +233,7 @@ class TaylorImportance:
         self.loss, self.batches, self.n_batches, self.seed = loss, batches, n_batches, seed
         self.description = f"first-order Taylor (Torch-Pruning, {n_batches} batches)"
         self.notes: tuple[str, ...] = ()
+        self.comparable = False  # normalised to each group's mean
 
     def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
                ) -> dict[str, torch.Tensor]:
@@ -257,6 +263,7 @@ class GroupMagnitude:
 
     description = "L2 magnitude (Torch-Pruning, no components)"
     notes: tuple[str, ...] = ()
+    comparable = False
 
     def scores(self, graph: ComponentGraph, keys: Sequence[str], batches: Iterator[object] | None = None
                ) -> dict[str, torch.Tensor]:
