@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper
 import pytest
 import torch
+from onnx import helper
 from torch import nn
 from typer.testing import CliRunner
 
