@@ -5,8 +5,8 @@
 Per task and latency budget (relative to the dense model on the ``cpu`` target), with the task's default metric
 budget. The loop methods run ``edgeprune tune`` with the same settings — the same latency schedule (a share of the
 dense latency per step, larger while the metric has headroom, halved after a rollback), the same fine-tune steps
-after every pruning step and on the final widths, the same rollback on the metric, the same measurements (each step timed in alternation
-with the dense model), the same cost model — and differ only in which channels go:
+after every pruning step and on the final widths, the same rollback on the metric, the same measurements (each
+step timed in alternation with the dense model), the same cost model — and differ only in which channels go:
 
 - ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,
   normalised per component) lost per millisecond the measured cost model says a block saves; interfaces between
@@ -198,8 +198,8 @@ def main() -> None:
             f"target `{TARGET}` ({platform.processor() or platform.machine()}, ONNX Runtime, 1 thread), "
             f"{provenance(frame)}. Fine-tune steps after every pruning step: "
             f"{FINETUNE}; `final_finetune_steps`: on the final widths after the last one (loop methods; kept only "
-            f"where the metric holds up). `speedup` = dense / pruned latency, measured in alternation with the dense model; `status` "
-            f"judges it against the relative budget and the metric against the task's metric budget; "
+            f"where the metric holds up). `speedup` = dense / pruned latency, measured in alternation with the dense "
+            f"model; `status` judges it against the relative budget and the metric against the task's metric budget; "
             f"`finetune_steps`: all fine-tuning the method spent; `wall_s` of a task's first loop method includes "
             f"building its cost model. `run_status`: what the tune run itself concluded. One-shot rows are "
             f"Torch-Pruning's MetaPruner from dense, not the loop (see bench/latency_budget.py)."

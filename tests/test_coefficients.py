@@ -335,7 +335,8 @@ class _Louder:
 
     def scores(self, graph: ComponentGraph, keys: list[str], batches: Iterator[object] | None = None
                ) -> dict[str, torch.Tensor]:
-        return {k: v * (self.factor if k == self.key else 1.0) for k, v in self.inner.scores(graph, keys, batches).items()}
+        scores = self.inner.scores(graph, keys, batches)
+        return {k: v * (self.factor if k == self.key else 1.0) for k, v in scores.items()}
 
     def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
         return self.scores(graph, [key])[key]

@@ -63,7 +63,8 @@ def rank_blocks(space: SearchSpace, target: SparsityTarget) -> Search:
 
 def removals(space: SearchSpace) -> Iterator[tuple[str, int]]:
     """The ranked space's granule blocks, globally least important first (a block's score: its channels' mean, over
-    its cluster's mean where scores are not comparable across groups): per block, its group and the group's keep count once it goes."""
+    its cluster's mean where scores are not comparable across groups): per block, its group and the group's keep
+    count once it goes."""
     free = space.free
     means = space.cluster_means()
     steps = steps_down(free, space.granule)
