@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from edgeprune.prune.graph import ComponentGraph, GraphError
-from edgeprune.prune.importance import application_scores, component_importance, group_scores, sensitivity_scales
+from edgeprune.prune.importance import (
+    ApplicationImportance,
+    application_scores,
+    balanced,
+    component_importance,
+    group_scores,
+    mask_sensitivity,
+    sensitivity_scales,
+)
 from edgeprune.prune.plan import Plan, PlanError, keep_count, prune_uniform
 
 OUT = ("decoder.3",)
@@ -137,6 +145,33 @@ def test_application_importance_orders_channels_by_the_mix_and_groups_by_their_s
     mixed = 0.5 * magnitude / magnitude.mean() + 0.5 * sensitivity / sensitivity.mean()
     assert torch.allclose(scores, mixed * 2 / 11)
     assert float(application_scores(graph, "encoder.0", None).mean()) == pytest.approx(1.0)  # no loss: magnitude
+
+
+def test_each_loss_term_is_weighed_on_its_own_scale(two_part, image) -> None:
+    """A loss of several objectives: a group only a small term reaches keeps its voice, and how the terms are
+    weighted for training does not change what a group is worth; a one-term loss keeps the loss's units."""
+    graph = ComponentGraph(two_part, image, output_layers=OUT)
+    keys = list(graph.groups)
+
+    def terms(weight: float):
+        def loss(model, batch):  # "code" reaches the encoder only; "image" every group
+            return {"code": weight * model.encoder(batch).pow(2).mean(), "image": model(batch).pow(2).mean()}
+        return loss
+
+    def scales(loss) -> dict[str, float]:
+        return sensitivity_scales(balanced(mask_sensitivity(graph, keys, loss, iter(image * 4), 4)))
+
+    heavy, light = scales(terms(1000.0)), scales(terms(1.0))
+    assert heavy == pytest.approx(light, rel=1e-4)  # the terms' weights cancel
+    summed = scales(lambda m, b: sum(terms(1000.0)(m, b).values()))
+    assert summed["decoder.1"] < 0.01 and heavy["decoder.1"] > 0.5  # drowned in the sum; heard on its own scale
+    per_term = mask_sensitivity(graph, keys, terms(1.0), iter(image * 4), 4)
+    assert float(per_term["code"]["decoder.1"].abs().sum()) == 0.0 and float(per_term["image"]["decoder.1"].sum()) > 0
+    one = mask_sensitivity(graph, keys, lambda m, b: m(b).pow(2).mean(), iter(image * 4), 4)
+    assert list(one) == ["loss"]
+    assert sensitivity_scales(balanced(one)) == pytest.approx(sensitivity_scales(one["loss"]), rel=1e-5)
+    importance = ApplicationImportance("t", terms(1000.0), lambda seed: iter(image * 8))
+    assert importance.comparable and set(importance.scores(graph, keys)) == set(keys)
 
 
 def test_joint_mean_is_the_average_of_normalised_component_scores(two_part, image) -> None:

@@ -92,6 +92,10 @@ def test_finetune_is_deterministic_and_keeps_loss_low(task: Task) -> None:
     assert torch.equal(batch.obs, again.obs) and torch.equal(batch.actions, again.actions)
     model, twin = task.build(), task.build()
     before = task.loss(model, batch).item()
+    assert task.loss_terms is not None
+    terms = task.loss_terms(model, batch)  # the loss is the sum of its named terms, each a different objective
+    assert list(terms) == ["consistency", "reward", "value", "policy"]
+    assert sum(t.item() for t in terms.values()) == pytest.approx(before, rel=1e-5)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     task.finetune(model, 20)
     task.finetune(twin, 20)

@@ -55,6 +55,11 @@ class Task:
     """Trains the model in place for a number of optimiser steps (deterministic)."""
     loss: Callable[[nn.Module, object], torch.Tensor] | None = None
     """``loss(model, batch)``: a differentiable surrogate of the metric (lower is better)."""
+    loss_terms: Callable[[nn.Module, object], Mapping[str, torch.Tensor]] | None = None
+    """``loss_terms(model, batch)``: ``loss`` split into its named terms (their sum), where it is a sum of several
+    objectives (a world model's consistency, reward, value and policy terms). Application importance then weighs
+    each term by its own scale, so a head is worth what its own objective says, not what that objective's weight
+    in training happens to be."""
     batches: Callable[[int], Iterator[object]] | None = None
     """``batches(seed)``: an endless, seeded stream of training batches for ``loss``."""
     description: str = ""

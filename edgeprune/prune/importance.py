@@ -6,7 +6,8 @@ their own, normalising each to mean 1 and combining them (min: a channel is only
 that needs it least; mean: a weighted vote) keeps each component's voice.
 
 Application importance (:func:`application_scores`) adds what the task's own differentiable loss says: the
-measured sensitivity of that loss to zeroing each channel (:func:`mask_sensitivity`).
+measured sensitivity of that loss to zeroing each channel (:func:`mask_sensitivity`), each of its terms on its
+own scale (:func:`balanced`).
 """
 
 from __future__ import annotations
@@ -85,31 +86,61 @@ def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joi
 
 
 # -- application importance: what the task's own loss says each channel is worth ----------------------------------
-def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Callable[[nn.Module, object], torch.Tensor],
-                     batches: Iterator[object], n_batches: int) -> dict[str, torch.Tensor]:
-    """Per channel of each group, the RMS over ``n_batches`` of dL/dm at a channel mask m = 1.
+Loss = Callable[[nn.Module, object], torch.Tensor | Mapping[str, torch.Tensor]]
+"""``loss(model, batch)``: one differentiable scalar, or a sum's named terms (``Task.loss_terms``)."""
+
+
+def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Loss, batches: Iterator[object],
+                     n_batches: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per loss term, per channel of each group, the RMS over ``n_batches`` of dL/dm at a channel mask m = 1.
 
     dL/dm is the first-order change of the task's loss when the channel is zeroed — Taylor importance on a
     channel gate (Molchanov et al., 2019), which equals the activation times its gradient summed over the batch.
-    Measured on ``graph.model`` as it is (eval mode: BatchNorm keeps its running statistics), weights frozen.
+    Measured on ``graph.model`` as it is (eval mode: BatchNorm keeps its running statistics), weights frozen. A loss
+    that returns a tensor is one term, ``"loss"``.
     """
     if not keys:  # every group at its bound: nothing to rank
         return {}
     model = graph.model
     masks = {k: torch.ones(graph.groups[k].width, requires_grad=True) for k in keys}
-    total = {k: torch.zeros(graph.groups[k].width) for k in keys}
+    total: dict[str, dict[str, torch.Tensor]] = {}
     was_training = model.training
     model.eval()
     try:
         with frozen(model), channel_masks(graph, masks), torch.enable_grad():
             for _ in range(n_batches):
-                grads = torch.autograd.grad(loss(model, next(batches)), [masks[k] for k in keys], allow_unused=True)
-                for k, g in zip(keys, grads, strict=True):
-                    if g is not None:
-                        total[k] += g.detach() ** 2
+                value = loss(model, next(batches))
+                terms = [(n, t) for n, t in (value.items() if isinstance(value, Mapping) else [("loss", value)])
+                         if t.requires_grad]  # a term no mask reaches says nothing
+                for i, (name, term) in enumerate(terms):
+                    grads = torch.autograd.grad(term, [masks[k] for k in keys], allow_unused=True,
+                                                retain_graph=i < len(terms) - 1)
+                    acc = total.setdefault(name, {k: torch.zeros(graph.groups[k].width) for k in keys})
+                    for k, g in zip(keys, grads, strict=True):
+                        if g is not None:
+                            acc[k] += g.detach() ** 2
     finally:
         model.train(was_training)
-    return {k: (v / max(n_batches, 1)).sqrt() for k, v in total.items()}
+    return {name: {k: (v / max(n_batches, 1)).sqrt() for k, v in acc.items()} for name, acc in total.items()}
+
+
+def balanced(per_term: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One sensitivity per channel from per-term ones: each term over its mean across the groups, averaged.
+
+    A sum of objectives weighs its terms for training, and those weights say nothing about what a head is worth
+    at deployment: in the pendulum agent's loss the policy and reward terms are small, and in raw loss units a
+    latency knapsack cut both heads to 16 of 128 channels and lost the return. Each term on its own scale gives
+    every objective the same voice. One term (or terms the masks don't reach) keeps the loss's units up to a
+    common factor, which :func:`sensitivity_scales` and :func:`application_scores` do not see.
+    """
+    parts: list[dict[str, torch.Tensor]] = []
+    for by_group in per_term.values():
+        mean = sum(float(v.mean()) for v in by_group.values()) / max(len(by_group), 1)
+        if mean > 0:
+            parts.append({k: v / mean for k, v in by_group.items()})
+    if not parts:  # a loss at its minimum says nothing: all zeros, every scale 1
+        return {k: v for by_group in per_term.values() for k, v in by_group.items()}
+    return {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
 
 
 def application_scores(graph: ComponentGraph, key: str, sensitivity: torch.Tensor | None,
@@ -186,7 +217,7 @@ class ApplicationImportance:
     stream, which a planner may go on drawing from), for all asked groups in one pass.
     """
 
-    def __init__(self, task_name: str, loss: Callable[[nn.Module, object], torch.Tensor] | None,
+    def __init__(self, task_name: str, loss: Loss | None,
                  batches: Callable[[int], Iterator[object]] | None, flow_policy: FlowPolicy = "protect",
                  how: Combine = "min", n_batches: int = 8, weight: float = 0.5, seed: int = 0) -> None:
         self.loss = loss if batches is not None else None
@@ -210,7 +241,7 @@ class ApplicationImportance:
         if self.loss is not None:
             stream = batches if batches is not None else self.stream()
             assert stream is not None
-            sensitivity = mask_sensitivity(graph, list(keys), self.loss, stream, self.n_batches)
+            sensitivity = balanced(mask_sensitivity(graph, list(keys), self.loss, stream, self.n_batches))
         scales = sensitivity_scales(sensitivity)
         return {key: application_scores(graph, key, sensitivity.get(key), self.flow_policy, self.how, self.weight,
                                         scales.get(key, 1.0))

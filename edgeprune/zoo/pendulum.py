@@ -238,8 +238,8 @@ def _frozen(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _objective(
     model: PendulumAgent, batch: Batch, z_next: torch.Tensor, td: torch.Tensor, bc: torch.Tensor | None
-) -> torch.Tensor:
-    """TD-MPC's terms over an H-step latent rollout: consistency, reward, TD (q1, q2) and policy.
+) -> dict[str, torch.Tensor]:
+    """TD-MPC's weighted terms over an H-step latent rollout: consistency, reward, TD (q1, q2) and policy.
 
     ``z_next [B, H, L]`` and ``td [B, H, 1]`` are gradient-free targets. With ``bc`` (target actions) the policy
     term is TD3+BC's (stay near them, improve on the frozen critics only as far as a normalised advantage says);
@@ -266,7 +266,8 @@ def _objective(
             policy = policy + weight * (BC_ALPHA * advantage.mean() / scale + (a_pi - bc[:, t]).pow(2).mean())
         z = model.dynamics(za)
         consistency = consistency + weight * (z - z_next[:, t]).pow(2).mean()
-    return CONSISTENCY_W * consistency + REWARD_W * reward + VALUE_W * value + POLICY_W * policy
+    return {"consistency": CONSISTENCY_W * consistency, "reward": REWARD_W * reward, "value": VALUE_W * value,
+            "policy": POLICY_W * policy}
 
 
 def agent_loss(model: PendulumAgent, target: PendulumAgent, batch: Batch) -> torch.Tensor:
@@ -274,11 +275,11 @@ def agent_loss(model: PendulumAgent, target: PendulumAgent, batch: Batch) -> tor
     with torch.no_grad():
         z_next = target.encoder(batch.obs[:, 1:])  # [B, H, L]
         td = batch.rewards[..., None] + target.gamma * target.q_min(z_next, target.pi(z_next))  # [B, H, 1]
-    return _objective(model, batch, z_next, td, None)
+    return sum(_objective(model, batch, z_next, td, None).values(), torch.zeros(()))
 
 
-def task_loss(model: nn.Module, batch: object) -> torch.Tensor:
-    """The fine-tuning surrogate (offline, on a fixed dataset): every component is trained.
+def task_terms(model: nn.Module, batch: object) -> dict[str, torch.Tensor]:
+    """The fine-tuning surrogate's weighted terms (offline, on a fixed dataset): every component is trained.
 
     The model is its own consistency target (its latent width may have been pruned), while the critics regress
     on the dense agent's recorded TD targets and the policy on its recorded actions (a frozen target network
@@ -289,6 +290,11 @@ def task_loss(model: nn.Module, batch: object) -> torch.Tensor:
     with torch.no_grad():
         z_next = model.encoder(batch.obs[:, 1:])
     return _objective(model, batch, z_next, batch.td_targets[..., None], batch.policy_actions)
+
+
+def task_loss(model: nn.Module, batch: object) -> torch.Tensor:
+    """The fine-tuning surrogate: the sum of :func:`task_terms`."""
+    return sum(task_terms(model, batch).values(), torch.zeros(()))
 
 
 class Replay:
@@ -397,6 +403,7 @@ def pendulum_agent() -> Task:
         components=None,
         finetune=finetune,
         loss=task_loss,
+        loss_terms=task_terms,
         batches=batches,
         description=(
             "TD-MPC-style agent for Pendulum-v1 (encoder, dynamics, reward, policy, twin critics over a 64-d "
