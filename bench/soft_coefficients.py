@@ -108,15 +108,15 @@ def main() -> None:
         "# Soft coefficients: magnitude vs global vs grid vs gradient at equal channel sparsity",
         "",
         f"- command: `{' '.join(shlex.quote(a) for a in [sys.executable.split('/')[-1], *sys.argv])}`",
-        (f"- machine: {platform.platform()}, {os.cpu_count()} CPUs (shared with other processes), torch "
+        (f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, torch "
          f"{torch.__version__} on 1 thread; total bench wall time {total_s / 60:.1f} min"),
         (f"- every method prunes the dense model once at rho, then `task.finetune({FINETUNE_STEPS})` (seed 0), "
          "the same for all; `*_oneshot` is the metric before fine-tuning"),
         ("- sparsity: channels removed over the groups the flow policy may cut (flow groups protected); band "
          f"rho ± {EPSILON}, granule {GRANULE}; `channel_sparsity_all` counts protected groups too, "
          "`param_sparsity` is 1 - params / dense params"),
-        ("- global: one ranking of granule blocks over all groups, application importance divided by each "
-         "component's mean; 0 metric evaluations"),
+        ("- global: one ranking of granule blocks over all groups by application importance in the task loss's "
+         "units, each loss term on its own scale (`Task.loss_terms`); 0 metric evaluations"),
         (f"- grid: per-component levels rho + (-0.3..0.3 step 0.05), at most {GRID_EVALS} true-metric "
          "evaluations (uniform setting included), chosen on the task's own `evaluate` — the same metric reported "
          "here, so grid's one-shot column is selected on the report metric (optimistic for grid)"),

@@ -129,10 +129,9 @@ def balanced(per_term: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, to
 
     A sum of objectives weighs its terms for training, and those weights say nothing about what a head is worth
     at deployment: the pendulum agent's value term is a noisy regression that dwarfs the others, so in the summed
-    loss's units its policy and reward groups weigh 0.001–0.003 of the mean group (the knapsack cut both heads to 16
-    of 128 channels and lost the return at 0.35× of dense latency); on their own terms' scales, 0.18–0.47. Each term
-    on its own scale gives every objective the same voice. One term (or terms the masks don't reach) keeps the loss's units up to a
-    common factor, which :func:`sensitivity_scales` and :func:`application_scores` do not see.
+    loss's units its policy and reward groups weigh 0.001–0.003 of the mean group; on their own terms' scales,
+    0.18–0.47. Each term on its own scale gives every objective the same voice. A one-term loss keeps the loss's
+    units up to a common factor, which :func:`sensitivity_scales` and :func:`application_scores` do not see.
     """
     parts: list[dict[str, torch.Tensor]] = []
     for by_group in per_term.values():
