@@ -61,7 +61,7 @@ def run_one(task: Task, dense: nn.Module, plan: Plan, rho: float, method: str, d
             else GridSettings(max_evals=GRID_EVALS.get(task.name, 25)))
     start = time.perf_counter()
     context = StepContext.trace(task, dense, plan, task.example_inputs(), granule=GRANULE,
-                                importance=ApplicationImportance(task.name, task.loss_terms or task.loss, task.batches))
+                                importance=ApplicationImportance.for_task(task))
     info = get_planner(strategy, grid=grid, gradient=GradientSettings()).propose(context, SparsityTarget(rho, EPSILON))
     pruned, new_plan = info.model, info.plan
     search_s = time.perf_counter() - start

@@ -78,8 +78,8 @@ FEW_STEPS, GRID = GradientSettings(steps=20), GridSettings()  # frozen: safe as 
 
 def _context(task: Task, model: nn.Module, plan: Plan, granule: int = GRANULE, importance_batches: int = 8,
              flow_policy: str = "protect", **settings: object) -> StepContext:
-    importance = ApplicationImportance(task.name, task.loss, task.batches, flow_policy,  # type: ignore[arg-type]
-                                       n_batches=importance_batches)
+    importance = ApplicationImportance.for_task(task, flow_policy,  # type: ignore[arg-type]
+                                                n_batches=importance_batches)
     return StepContext.trace(task, model, plan, task.example_inputs(), granule=granule, importance=importance,
                              flow_policy=flow_policy, **settings)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from edgeprune.core.budgets import MetricBudget
 from edgeprune.core.task import Task, load_task
+from edgeprune.prune.importance import ApplicationImportance
 from edgeprune.zoo.pendulum import CHECKPOINT, PendulumAgent, evaluate
 
 COMPONENTS = ["encoder", "dynamics", "reward", "policy", "q1", "q2"]
@@ -96,6 +97,7 @@ def test_finetune_is_deterministic_and_keeps_loss_low(task: Task) -> None:
     terms = task.loss_terms(model, batch)  # the loss is the sum of its named terms, each a different objective
     assert list(terms) == ["consistency", "reward", "value", "policy"]
     assert sum(t.item() for t in terms.values()) == pytest.approx(before, rel=1e-5)
+    assert ApplicationImportance.for_task(task).loss is task.loss_terms  # what the loop and the benches rank on
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     task.finetune(model, 20)
     task.finetune(twin, 20)

@@ -190,8 +190,8 @@ class Loop:
         self.components = run_components(settings, self.task)
         self.planner = get_planner(settings.strategy)
         self.plans_latency = settings.plans_latency
-        self.importance = ApplicationImportance(self.task.name, self.task.loss, self.task.batches, settings.flow_policy,
-                                                settings.flow_combine, seed=settings.seed)
+        self.importance = ApplicationImportance.for_task(self.task, settings.flow_policy, settings.flow_combine,
+                                                         seed=settings.seed)
         self.baseline: Baseline
 
     # -- measurements ------------------------------------------------------------------------------------------

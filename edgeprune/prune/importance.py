@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune.core.task import Task
 from edgeprune.prune.graph import ComponentGraph, GraphError, component_of
 from edgeprune.prune.masks import channel_masks, frozen
 
@@ -115,7 +116,9 @@ def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Loss, bat
                 for i, (name, term) in enumerate(terms):
                     grads = torch.autograd.grad(term, [masks[k] for k in keys], allow_unused=True,
                                                 retain_graph=i < len(terms) - 1)
-                    acc = total.setdefault(name, {k: torch.zeros(graph.groups[k].width) for k in keys})
+                    if name not in total:
+                        total[name] = {k: torch.zeros(graph.groups[k].width) for k in keys}
+                    acc = total[name]
                     for k, g in zip(keys, grads, strict=True):
                         if g is not None:
                             acc[k] += g.detach() ** 2
@@ -230,6 +233,13 @@ class ApplicationImportance:
         else:
             self.description = f"magnitude + loss sensitivity (weight {weight:g}, {n_batches} batches)"
             self.notes = ()
+
+    @classmethod
+    def for_task(cls, task: Task, flow_policy: FlowPolicy = "protect", how: Combine = "min", n_batches: int = 8,
+                 seed: int = 0) -> ApplicationImportance:
+        """The task's application importance: on its loss's terms where it names them (``Task.loss_terms``), so
+        every caller weighs each objective on its own scale."""
+        return cls(task.name, task.loss_terms or task.loss, task.batches, flow_policy, how, n_batches, seed=seed)
 
     def stream(self) -> Iterator[object] | None:
         """The task's seeded batch stream (None without a loss)."""
