@@ -321,6 +321,46 @@ def test_an_interrupted_run_resumes_after_its_last_step(tmp_path: Path, quick_ta
     assert task.evaluate(model)["psnr"] == pytest.approx(result.manifest.pruned.metrics["psnr"])
 
 
+HARMFUL = '''
+import dataclasses
+
+import torch
+
+from edgeprune.zoo.autoencoder import digits_autoencoder
+
+
+def make():
+    """The digits autoencoder, but its fine-tune wrecks whatever model it is given (every weight zeroed: 8.5 dB)."""
+    task = digits_autoencoder()
+
+    def finetune(model, steps):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+
+    return dataclasses.replace(task, finetune=finetune)
+'''
+
+
+def test_a_fine_tune_that_breaks_the_metric_is_undone_when_the_cut_alone_holds_it(tmp_path: Path,
+                                                                                   quick_target: str) -> None:
+    """A rollback is for the cut, not for its fine-tune: the loop keeps each cut without the harmful fine-tune, and
+    what it publishes is exactly the plan replayed on the dense checkpoint."""
+    spec = tmp_path / "harmful.py"
+    spec.write_text(HARMFUL)
+    settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.8x", finetune_steps=5,
+                            step=0.3, metric_budget="psnr>=12", strategy="magnitude")
+    result = tune(settings, tmp_path / "run")
+    assert result.status == "met", result.reason
+    accepted = [s for s in result.manifest.steps if s.status == "accepted"]
+    assert accepted and all("kept without the fine-tune" in s.note and s.metrics["psnr"] >= 12 for s in accepted)
+    task, pruned = load_pruned(tmp_path / "run")
+    plan = Plan.load(tmp_path / "run" / "plan.json")
+    replayed = plan.apply(task.build(), task.example_inputs(), output_layers=task.output_layers)
+    assert all(torch.equal(v, pruned.state_dict()[k]) for k, v in replayed.state_dict().items())
+    assert task.evaluate(pruned)["psnr"] == pytest.approx(accepted[-1].metrics["psnr"], abs=1e-3)
+
+
 def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:
     from edgeprune.loop.loop import MAX_STEP, next_increment
 

@@ -353,11 +353,9 @@ class Loop:
     def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
         """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
         candidate, index = proposal.model, len(s.steps)
-        if self.settings.finetune_steps:
-            self.finetune(candidate, index, self.settings.finetune_steps)
-        metrics = self.evaluate(candidate, index)
+        metrics, note = self.tuned_metrics(candidate, index)
         value = metrics[self.metric_budget.metric]
-        record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics,
+        record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics, note=note,
                             channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
                             search=proposal.summary())
         if not self.metric_budget.holds(value, self.baseline.dense_value):
@@ -389,6 +387,29 @@ class Loop:
             "graph": proposal.graph, "artifact": artifact, "ratio": trial, "cost": cost, "local": local,
             "step": self.next_step(s, value)})
         return self.budget_met(accepted) or accepted
+
+    def tuned_metrics(self, candidate: nn.Module, index: int) -> tuple[dict[str, float], str]:
+        """Fine-tune the cut ``candidate`` in place and evaluate it. A rollback is for the cut, not for its fine-tune:
+        when the fine-tuned model breaks the metric budget but the cut alone holds it (a task's fine-tune can harm a
+        model that already works), the candidate goes back to its weights before the fine-tune, and a note says so."""
+        if not self.settings.finetune_steps:
+            return self.evaluate(candidate, index), ""
+        before = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
+        self.finetune(candidate, index, self.settings.finetune_steps)
+        metrics = self.evaluate(candidate, index)
+        metric, dense = self.metric_budget.metric, self.baseline.dense_value
+        if self.metric_budget.holds(metrics[metric], dense):
+            return metrics, ""
+        tuned = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
+        candidate.load_state_dict(before)
+        untuned = self.evaluate(candidate, index)
+        if self.metric_budget.holds(untuned[metric], dense):
+            self.log(f"step {index}: the fine-tune broke {metric} ({metrics[metric]:.4g}), the cut alone holds it "
+                     f"({untuned[metric]:.4g}): kept without the fine-tune")
+            return untuned, (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds "
+                             f"it, kept without the fine-tune")
+        candidate.load_state_dict(tuned)
+        return metrics, ""
 
     def next_step(self, s: LoopState, value: float) -> float:
         """The increment after an accepted step that moved the metric from the best step's to ``value``: larger when
