@@ -32,17 +32,9 @@ from edgeprune.measure.cost import (
     granule_counts,
 )
 from edgeprune.measure.profile import attribute
+from edgeprune.measure.sites import LayerSignature, Operand, probe_counts
 from edgeprune.measure.store import ProfileStore, profile_key, profile_task, table_store
-from edgeprune.measure.tables import (
-    LayerSignature,
-    Operand,
-    TableStore,
-    axis_grid,
-    batches,
-    probe_counts,
-    sweep_graph,
-    variant_times,
-)
+from edgeprune.measure.tables import TableStore, axis_grid, batches, sweep_graph, variant_times
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, prune_to_counts
 from edgeprune.runtimes.onnxruntime import OrtRuntime

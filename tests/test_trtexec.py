@@ -425,7 +425,8 @@ print("&&&& PASSED TensorRT.trtexec [TensorRT v100300] # trtexec")
 
 def test_a_trtexec_sweep_builds_one_engine_per_hundred_variants_and_maps_layers_back(tmp_path: Path,
                                                                                      monkeypatch) -> None:
-    from edgeprune.measure.tables import LayerSignature, Operand, TableStore
+    from edgeprune.measure.sites import LayerSignature, Operand
+    from edgeprune.measure.tables import TableStore
 
     exe = tmp_path / "bin" / "trtexec"
     exe.parent.mkdir()

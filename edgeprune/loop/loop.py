@@ -400,16 +400,14 @@ class Loop:
         metric, dense = self.metric_budget.metric, self.baseline.dense_value
         if self.metric_budget.holds(metrics[metric], dense):
             return metrics, ""
-        tuned = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
-        candidate.load_state_dict(before)
+        candidate.load_state_dict(before)  # rolled back either way unless the cut alone holds the metric
         untuned = self.evaluate(candidate, index)
-        if self.metric_budget.holds(untuned[metric], dense):
-            self.log(f"step {index}: the fine-tune broke {metric} ({metrics[metric]:.4g}), the cut alone holds it "
-                     f"({untuned[metric]:.4g}): kept without the fine-tune")
-            return untuned, (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds "
-                             f"it, kept without the fine-tune")
-        candidate.load_state_dict(tuned)
-        return metrics, ""
+        if not self.metric_budget.holds(untuned[metric], dense):
+            return metrics, ""
+        note = (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds it "
+                f"({untuned[metric]:.4g}), kept without the fine-tune")
+        self.log(f"step {index}: {note}")
+        return untuned, note
 
     def next_step(self, s: LoopState, value: float) -> float:
         """The increment after an accepted step that moved the metric from the best step's to ``value``: larger when

@@ -36,7 +36,8 @@ from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.core.progress import Progress, silent
 from edgeprune.core.targets import Target
 from edgeprune.measure.profile import row_nodes
-from edgeprune.measure.tables import Site, TableStore, all_dims, axis_grid, find_sites, point_name, probe_counts
+from edgeprune.measure.sites import Site, all_dims, find_sites, probe_counts
+from edgeprune.measure.tables import TableStore, axis_grid, point_name
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.importance import MagnitudeImportance
 from edgeprune.prune.plan import Plan, cut_to_counts, keep_count
