@@ -50,7 +50,7 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
-from edgeprune.loop.loop import FINAL
+from edgeprune.loop.loop import FINAL, UNTUNED
 from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,6 +88,7 @@ def loop_run(task: Task, method: str, budget: str, work: Path) -> dict[str, obje
             "finetune_steps": tuned * FINETUNE[task.name] + final * FINAL_FINETUNE[task.name],
             "steps_accepted": sum(1 for s in manifest.steps if s.status == "accepted"),
             "steps_rolled_back": sum(1 for s in manifest.steps if s.status == "rolled-back"),
+            "steps_untuned": sum(1 for s in manifest.steps if UNTUNED in s.note),  # cuts kept without their fine-tune
             "wall_s": manifest.wall_s}
 
 

@@ -59,6 +59,8 @@ CHECKPOINT_WEIGHTS = "checkpoint.pt"
 #: halves it too. Gradual pruning with fine-tuning in between keeps the metric; a jump to the budget breaks it.
 CALM, STRAIN, GROW, MAX_STEP = 0.25, 0.75, 1.5, 0.3
 FINAL = "final fine-tune"
+#: How a step kept without its fine-tune says so (see :meth:`Loop.tuned_metrics`).
+UNTUNED = "kept without the fine-tune"
 
 
 def next_increment(step: float, used: float) -> float:
@@ -405,7 +407,7 @@ class Loop:
         if not self.metric_budget.holds(untuned[metric], dense):
             return metrics, ""
         note = (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds it "
-                f"({untuned[metric]:.4g}), kept without the fine-tune")
+                f"({untuned[metric]:.4g}), {UNTUNED}")
         self.log(f"step {index}: {note}")
         return untuned, note
 
