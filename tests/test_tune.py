@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 from edgeprune.artifact import export as export_module
 from edgeprune.artifact.export import to_numpy
 from edgeprune.cli import INFEASIBLE_EXIT, app
+from edgeprune.core.budgets import MetricBudget
 from edgeprune.core.hashing import sha256_file
+from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target, target_path
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
-from edgeprune.loop.loop import UNTUNED
+from edgeprune.loop.loop import UNTUNED, next_increment
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan
 from edgeprune.runtimes import get_runtime
@@ -211,7 +213,7 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 def test_the_default_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
                                                                                  shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=15", step=0.5, finetune_steps=20)
+                            metric_budget="psnr>=15", step=0.2, finetune_steps=20)
     assert settings.strategy == "knapsack" and "default: knapsack" in CliRunner().invoke(app, ["tune", "--help"]).stdout
     result = tune(settings, tmp_path / "knapsack")
     assert result.status == "met", result.reason
@@ -227,6 +229,28 @@ def test_the_default_knapsack_plans_on_the_measured_cost_model_and_recalibrates(
     measured = [s for s in manifest.steps if s.status != "dense" and s.latency is not None]
     assert len(cost.calibration.points) == 1 + 3 + 1 + len(measured)
     assert manifest.measurements == 1 + len(accepted)
+    assert len(accepted) >= 2 and [s.ratio for s in manifest.steps[1:]] == pytest.approx(latency_schedule(manifest))
+
+
+def latency_schedule(manifest: Manifest) -> list[float]:
+    """The share of the dense latency each step after the dense one should aim at: one increment more than its
+    starting model *measures* removed; the increment halved after a rollback on the metric and adapted to the
+    headroom used after an accepted step (a step measuring no faster moves the ramp past it)."""
+    budget, dense = MetricBudget.parse(manifest.budgets.metric.expression), manifest.dense
+    metric, increment, start, value = budget.metric, manifest.settings["step"], 0.0, dense.metrics[budget.metric]
+    aims = []
+    for step in manifest.steps[1:]:
+        aims.append(min(1.0, start + increment))
+        if step.status == "accepted":
+            used = 1.0 - budget.headroom(step.metrics[metric], dense.metrics[metric]) / budget.headroom(
+                value, dense.metrics[metric])
+            increment, value = next_increment(increment, used), step.metrics[metric]
+            start = 1.0 - step.latency_ms / dense.latency_ms
+        elif "no faster than step" in step.note:
+            start = aims[-1]
+        else:
+            increment /= 2
+    return aims
 
 
 def test_gradient_plans_each_step_on_the_differentiable_latency(tmp_path: Path, quick_target: str,

@@ -95,7 +95,10 @@ class LoopState(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     ratio: float
-    """Ratio strategies: the channels cut so far. Latency planners: the share of dense latency aimed at so far."""
+    """Ratio strategies: the channels cut so far. Latency planners: the share of the dense latency the current model
+    measures removed, so each step removes its increment from what was measured; a step aimed at the budget that
+    measured short of it is then followed by a smaller one after a rollback, not by the same aim again (the ramp
+    only moves past a measurement when a step is swallowed by the granule or measures no faster)."""
     step: float
     """The next increment of ``ratio``: halved after a rollback, adapted after an accepted step (:meth:`Loop.next_step`)."""
     steps: list[StepRecord]
@@ -334,7 +337,7 @@ class Loop:
         if stop:
             return stop
         # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
-        # the dense latency it aims to remove, ramped until its target is the budget itself
+        # the dense latency measured removed, and the trial one increment more, until its target is the budget itself
         trial = min(1.0 if self.plans_latency else self.settings.max_ratio, s.ratio + s.step)
         t0 = time.perf_counter()
         try:
@@ -386,7 +389,8 @@ class Loop:
         # a new starting model: a plan rejected from the old one may hold from this one
         accepted = s.model_copy(update={
             "steps": [*s.steps, record], "best": record.index, "rejected": frozenset(), "plan": proposal.plan,
-            "graph": proposal.graph, "artifact": artifact, "ratio": trial, "cost": cost, "local": local,
+            "graph": proposal.graph, "artifact": artifact, "cost": cost, "local": local,
+            "ratio": 1.0 - measured / self.baseline.dense_ms if self.plans_latency else trial,
             "step": self.next_step(s, value)})
         return self.budget_met(accepted) or accepted
 
