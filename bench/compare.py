@@ -23,6 +23,9 @@ RESULTS = Path(__file__).parent / "results"
 #: the README's generated block lies between these two lines
 README_START = "<!-- headline: start (written by `python bench/compare.py --readme README.md`; edits here are lost) -->"
 README_END = "<!-- headline: end -->"
+LEGEND = ("Each cell: ✓ both budgets hold / ✗ one breaks, measured speed-up over dense (measured in alternation with "
+          "it), the task's metric; where a row was run with several seeds, the verdict most of them reached, how many "
+          "met both budgets, and the medians.")
 
 
 def intro(results: Path, name: str) -> list[str]:
@@ -51,15 +54,26 @@ def _verdicts(latency: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def method_cell(runs: pd.DataFrame) -> str:
+    """One method's cell of a task and budget: ✓/✗, measured speed-up, metric — of its one run, or over the runs of
+    several seeds the verdict most of them reached (with how many met) and the medians."""
+    if len(runs) == 1:
+        run = runs.iloc[0]
+        return f"{check(bool(run['met']))} {run['speedup']:.2f}× · {fmt(run['metric'])}"
+    met = int(runs["met"].sum())
+    return (f"{check(2 * met > len(runs))} {met}/{len(runs)} · {runs['speedup'].median():.2f}× · "
+            f"{fmt(runs['metric'].median())}")
+
+
 def headline_table(latency: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """A row per task and latency budget, a column per method: ✓/✗ (both budgets hold), measured speed-up,
-    metric."""
+    metric (:func:`method_cell`)."""
     frame = _verdicts(latency)
     methods = list(dict.fromkeys(frame["method"]))
     rows = []
     for (task, budget), cell in frame.groupby(["task", "budget"], sort=False):
         first = cell.iloc[0]
-        by_method = {r.method: f"{check(r.met)} {r.speedup:.2f}× · {fmt(r.metric)}" for r in cell.itertuples()}
+        by_method = {method: method_cell(runs) for method, runs in cell.groupby("method", sort=False)}
         rows.append([task, budget, first["metric_budget"], fmt(first["dense_metric"]),
                      *(by_method.get(m, "—") for m in methods)])
     return ["task", "latency budget", "metric budget", "dense metric", *methods], rows
@@ -73,8 +87,7 @@ def headline(latency: pd.DataFrame) -> str:
 def headline_block(results: Path) -> str:
     """The README's section body: the table, its legend and the commands that reproduce it."""
     latency = pd.read_csv(results / "latency_budget.csv")
-    return (f"{headline(latency)}\n\nEach cell: ✓ both budgets hold / ✗ one breaks, measured speed-up over dense "
-            "(measured in alternation with it), the task's metric.\n\nReproduce: " + intro(results, "latency_budget")[-1].split("** ", 1)[-1] +
+    return (f"{headline(latency)}\n\n{LEGEND}\n\nReproduce: " + intro(results, "latency_budget")[-1].split("** ", 1)[-1] +
             "\n\nRefresh: `make bench` (every benchmark, then this table and the page), or after rerunning one "
             "benchmark `make bench-page`. Every strategy side by side, with figures: "
             "[bench/results/index.md](bench/results/index.md) (self-contained HTML: `bench/results/index.html`).")
@@ -126,8 +139,7 @@ def build_page(results: Path, figures: Path) -> Page:
         for block in intro(results, "latency_budget"):
             page.text(block)
         page.table(*headline_table(latency))
-        page.text("Each cell: ✓ both budgets hold / ✗ one breaks, measured speed-up over dense (median latency), "
-                  "the task's metric. Details: [latency_budget.md](latency_budget.md).")
+        page.text(f"{LEGEND} Details: [latency_budget.md](latency_budget.md).")
         points = _verdicts(latency)
         dense = points.drop_duplicates(["task", "budget"]).assign(
             method="dense", speedup=1.0, metric=lambda f: f["dense_metric"], met=False)

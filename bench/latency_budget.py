@@ -24,7 +24,10 @@ total fine-tune steps of edgeprune's run on that row; the metric budget is repor
 
 Every latency is relative to the dense model measured in alternation with it (``Runtime.compare``), so a row's
 speed-ups are free of this machine's drift; ``latency_ms`` is that ratio × the dense latency the run measured.
-Writes bench/results/latency_budget.csv and .md; rows are journalled so a killed run resumes.
+Writes bench/results/latency_budget.csv and .md; rows are journalled so a killed run resumes. ``--seeds 0 1 2``
+runs every method once per seed (one run per row says little where reruns move a row's metric and speed-up; the
+headline then shows the verdict most seeds reached and the medians), and ``--keep`` merges the CSVs of runs made
+apart (one bench per core) into one table.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -69,14 +74,14 @@ def macs_of(model: nn.Module, task: Task) -> int:
     return int(tp.utils.count_ops_and_params(copy.deepcopy(model).eval(), task.example_inputs())[0])
 
 
-def loop_run(task: Task, method: str, budget: str, work: Path) -> dict[str, object]:
+def loop_run(task: Task, method: str, budget: str, work: Path, seed: int) -> dict[str, object]:
     """One tune run of ``method`` (a strategy name, ``edgeprune`` being the knapsack)."""
     strategy = "knapsack" if method == "edgeprune" else method
     flow_policy = FLOW_POLICY.get(task.name, "protect") if method == "edgeprune" else "joint"
     settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=strategy,
                             finetune_steps=FINETUNE[task.name], final_finetune_steps=FINAL_FINETUNE[task.name],
-                            flow_policy=flow_policy)
-    result = tune(settings, work / f"{task.name}-{method}-{budget}")
+                            flow_policy=flow_policy, seed=seed)
+    result = tune(settings, work / f"{task.name}-{method}-{budget}-{seed}")
     manifest = result.manifest
     pruned = manifest.pruned
     final = sum(1 for s in manifest.steps if s.note.startswith(FINAL))  # 0 when no step was accepted
@@ -93,7 +98,7 @@ def loop_run(task: Task, method: str, budget: str, work: Path) -> dict[str, obje
 
 
 def one_shot(task: Task, method: str, budget: str, metric: MetricBudget, dense_value: float,
-             finetune_steps: int) -> dict[str, object]:
+             finetune_steps: int, seed: int) -> dict[str, object]:
     """The smallest MetaPruner ratio (0.1, 0.2, …) whose model measures within the budget (or 0.9), fine-tuned once.
 
     Latency depends on the widths alone, so candidates are measured before any fine-tuning; only the chosen one
@@ -116,7 +121,7 @@ def one_shot(task: Task, method: str, budget: str, metric: MetricBudget, dense_v
             measurements += 1
             if paired.ratio <= limit:
                 break
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     assert task.finetune is not None
     task.finetune(model, finetune_steps)
     model.eval()
@@ -134,6 +139,15 @@ def judge(row: dict[str, object]) -> dict[str, object]:
     return {**row, "latency_holds": latency_holds, "status": status}
 
 
+def earlier_rows(path: Path) -> list[dict[str, object]]:
+    """The rows of an earlier run's latency_budget.csv as this run journals them (before :func:`judge`)."""
+    if not path.is_file():
+        raise SystemExit(f"--keep: no such file {path}")
+    frame = pd.read_csv(path).drop(columns=["latency_holds", "status"], errors="ignore")
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+            for r in frame.to_dict("records")]
+
+
 def provenance(frame: pd.DataFrame) -> str:
     """When the rows were measured: in one run, or per task the bench run(s) (their starts) its rows come from — a
     task's rows from two runs are a resumed run, or rows merged by hand, and the table says so."""
@@ -149,6 +163,13 @@ def main() -> None:
                                                        "fashion-resnet18", "fashion-mobilenet_v2"])
     parser.add_argument("--budgets", nargs="+", default=["0.5x", "0.35x"])
     parser.add_argument("--methods", nargs="+", default=[*LOOP, *ONE_SHOT])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="one run per method and seed (the tune runs' --seed, the one-shot fine-tune's); rows "
+                             "journalled with other seeds are kept, so a second bench can add seeds to the first")
+    parser.add_argument("--keep", nargs="+", type=Path, default=[],
+                        help="latency_budget.csv files of earlier runs: their rows join this run's tables (a later "
+                             "file's row replacing an earlier one's of the same task, budget, method and seed, and "
+                             "this run's replacing both), so runs made apart — one per core — make one table")
     parser.add_argument("--report-only", action="store_true",
                         help="write the tables from the rows journalled so far (a bench stopped part-way); run nothing")
     parser.add_argument("--note", default="", help="a sentence on how this run was made, written under the header")
@@ -159,43 +180,47 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EDGEPRUNE_PROFILES", str(work / "profiles"))
     journal = work / "rows.jsonl"
-    done = {(r["task"], r["budget"], r["method"]): r
-            for r in (json.loads(line) for line in journal.read_text().splitlines())} if journal.is_file() else {}
+    rows = [r for path in args.keep for r in earlier_rows(path)]
+    rows += [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
+    done = {(r["task"], r["budget"], r["method"], r.setdefault("seed", 0)): r for r in rows}
     for name in [] if args.report_only else args.tasks:
         task = load_task(name)
         dense = task.build()
         dense_value, dense_macs = task.evaluate(dense)[task.metric], macs_of(dense, task)
         metric = MetricBudget.parse(task.default_metric_budget)
-        for budget in args.budgets:
-            for method in args.methods:
-                if (name, budget, method) in done:
-                    continue
-                print(f"{name} {budget} {method} …", flush=True)
-                if method in ONE_SHOT:  # as many fine-tune steps per candidate as edgeprune's whole run took
-                    edgeprune = done.get((name, budget, "edgeprune"), {})
-                    steps = int(edgeprune.get("finetune_steps") or 5 * FINETUNE[name])
-                    row = one_shot(task, method, budget, metric, dense_value, steps)
-                else:
-                    row = loop_run(task, method, budget, work)
-                row = {"task": name, "budget": budget, "method": method, "measured": dt.date.today().isoformat(),
-                       "run": run, "dense_metric": dense_value, "metric_budget": str(metric), **row,
-                       "speedup": 1.0 / float(row["relative"]), "mac_reduction": dense_macs / float(row["macs"])}
-                row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
-                with journal.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                done[(name, budget, method)] = row
-                print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        for budget, seed, method in itertools.product(args.budgets, args.seeds, args.methods):
+            if (name, budget, method, seed) in done:
+                continue
+            print(f"{name} {budget} {method} seed {seed} …", flush=True)
+            if method in ONE_SHOT:  # as many fine-tune steps per candidate as edgeprune's whole run took
+                edgeprune = done.get((name, budget, "edgeprune", seed), {})
+                steps = int(edgeprune.get("finetune_steps") or 5 * FINETUNE[name])
+                row = one_shot(task, method, budget, metric, dense_value, steps, seed)
+            else:
+                row = loop_run(task, method, budget, work, seed)
+            row = {"task": name, "budget": budget, "method": method, "seed": seed,
+                   "measured": dt.date.today().isoformat(), "run": run, "dense_metric": dense_value,
+                   "metric_budget": str(metric), **row,
+                   "speedup": 1.0 / float(row["relative"]), "mac_reduction": dense_macs / float(row["macs"])}
+            row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
+            with journal.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            done[(name, budget, method, seed)] = row
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     frame = pd.DataFrame([judge(done[k]) for k in done if k[0] in args.tasks])
+    seeds = sorted(frame["seed"].unique().tolist())
     order = {m: i for i, m in enumerate([*LOOP, *ONE_SHOT])}
-    frame = frame.sort_values(["task", "budget", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
-                              ascending=[True, False, True], ignore_index=True)
+    frame = frame.sort_values(["task", "budget", "method", "seed"],
+                              key=lambda c: c.map(order) if c.name == "method" else c,
+                              ascending=[True, False, True, True], ignore_index=True)
     frame.to_csv(RESULTS / "latency_budget.csv", index=False)
-    shown = frame[["task", "budget", "method", "status", "metric", "dense_metric", "speedup", "mac_reduction",
+    shown = frame[["task", "budget", "method", "seed", "status", "metric", "dense_metric", "speedup", "mac_reduction",
                    "speedup_per_mac_reduction", "measurements", "final_finetune_steps", "finetune_steps", "wall_s",
                    "run_status"]]
     text = (f"# Latency budget: edgeprune vs the baselines through the same loop\n\n"
             f"`python bench/latency_budget.py --tasks {' '.join(args.tasks)} --budgets {' '.join(args.budgets)}"
-            f"{' --methods ' + ' '.join(args.methods) if args.methods != parser.get_default('methods') else ''}` — "
+            f"{' --methods ' + ' '.join(args.methods) if args.methods != parser.get_default('methods') else ''}"
+            f"{' --seeds ' + ' '.join(map(str, seeds)) if seeds != [0] else ''}` — "
             f"target `{TARGET}` ({platform.processor() or platform.machine()}, ONNX Runtime, 1 thread), "
             f"{provenance(frame)}. Fine-tune steps after every pruning step: "
             f"{FINETUNE}; `final_finetune_steps`: on the final widths after the last one (loop methods; kept only "
@@ -206,7 +231,8 @@ def main() -> None:
             f"Torch-Pruning's MetaPruner from dense, not the loop (see bench/latency_budget.py)."
             f"{' ' + args.note if args.note else ''}\n\n"
             f"{shown.to_markdown(index=False, floatfmt='.4g')}\n")
-    missing = [f"{t} {b} {m}" for t in args.tasks for b in args.budgets for m in args.methods if (t, b, m) not in done]
+    missing = [f"{t} {b} {m} seed {seed}" for t, b, seed, m in
+               itertools.product(args.tasks, args.budgets, args.seeds, args.methods) if (t, b, m, seed) not in done]
     if missing:
         text += f"\nNot run (the bench was stopped before them; its journal stays, and a rerun continues): " \
                 f"{'; '.join(missing)}.\n"

@@ -257,3 +257,25 @@ def test_comparison_page_puts_strategies_side_by_side(tmp_path: Path) -> None:
         assert f"](figures/{name})" in markdown
     assert page.count('src="data:image/png;base64,') == markdown.count("](figures/")
     assert not re.search(r"https?://", re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page))
+
+
+def test_a_row_run_with_several_seeds_shows_the_verdict_most_reached_and_the_medians() -> None:
+    import pandas as pd
+
+    compare = load_compare()
+    base = {"task": "t", "budget": "0.5x", "metric_budget": "psnr>=35", "dense_metric": 43.0}
+    latency = pd.DataFrame([
+        {**base, "method": "edgeprune", "seed": 0, "metric_holds": True, "latency_holds": True, "speedup": 2.1,
+         "metric": 39.0},
+        {**base, "method": "edgeprune", "seed": 1, "metric_holds": True, "latency_holds": False, "speedup": 1.8,
+         "metric": 40.0},
+        {**base, "method": "edgeprune", "seed": 2, "metric_holds": True, "latency_holds": True, "speedup": 2.0,
+         "metric": 38.0},
+        {**base, "method": "halp", "seed": 0, "metric_holds": False, "latency_holds": True, "speedup": 2.5,
+         "metric": 30.0},
+    ])
+    header, rows = compare.headline_table(latency)
+    assert header[-2:] == ["edgeprune", "halp"]
+    assert rows == [["t", "0.5x", "psnr>=35", "43", "✓ 2/3 · 2.00× · 39", "✗ 2.50× · 30"]]
+    one_failed = latency.assign(latency_holds=[True, False, False, True])
+    assert compare.headline_table(one_failed)[1][0][4] == "✗ 1/3 · 2.00× · 39"
