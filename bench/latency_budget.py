@@ -148,6 +148,11 @@ def earlier_rows(path: Path) -> list[dict[str, object]]:
             for r in frame.to_dict("records")]
 
 
+def row_key(row: dict[str, object]) -> tuple[object, ...]:
+    """A row's task, budget, method and seed (rows journalled before seeds were seed 0)."""
+    return row["task"], row["budget"], row["method"], row.setdefault("seed", 0)
+
+
 def provenance(frame: pd.DataFrame) -> str:
     """When the rows were measured: in one run, or per task the bench run(s) (their starts) its rows come from — a
     task's rows from two runs are a resumed run, or rows merged by hand, and the table says so."""
@@ -180,9 +185,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EDGEPRUNE_PROFILES", str(work / "profiles"))
     journal = work / "rows.jsonl"
-    rows = [r for path in args.keep for r in earlier_rows(path)]
-    rows += [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
-    done = {(r["task"], r["budget"], r["method"], r.setdefault("seed", 0)): r for r in rows}
+    journalled = [json.loads(line) for line in journal.read_text().splitlines()] if journal.is_file() else []
+    done = {row_key(r): r for r in journalled}
+    kept = {row_key(r): r for path in args.keep for r in earlier_rows(path)}
     for name in [] if args.report_only else args.tasks:
         task = load_task(name)
         dense = task.build()
@@ -193,7 +198,7 @@ def main() -> None:
                 continue
             print(f"{name} {budget} {method} seed {seed} …", flush=True)
             if method in ONE_SHOT:  # as many fine-tune steps per candidate as edgeprune's whole run took
-                edgeprune = done.get((name, budget, "edgeprune", seed), {})
+                edgeprune = done.get((name, budget, "edgeprune", seed)) or kept.get((name, budget, "edgeprune", seed), {})
                 steps = int(edgeprune.get("finetune_steps") or 5 * FINETUNE[name])
                 row = one_shot(task, method, budget, metric, dense_value, steps, seed)
             else:
@@ -207,7 +212,8 @@ def main() -> None:
                 fh.write(json.dumps(row) + "\n")
             done[(name, budget, method, seed)] = row
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    frame = pd.DataFrame([judge(done[k]) for k in done if k[0] in args.tasks])
+    rows = {**kept, **done}  # this run's rows win
+    frame = pd.DataFrame([judge(row) for key, row in rows.items() if key[0] in args.tasks])
     seeds = sorted(frame["seed"].unique().tolist())
     order = {m: i for i, m in enumerate([*LOOP, *ONE_SHOT])}
     frame = frame.sort_values(["task", "budget", "method", "seed"],
@@ -232,7 +238,7 @@ def main() -> None:
             f"{' ' + args.note if args.note else ''}\n\n"
             f"{shown.to_markdown(index=False, floatfmt='.4g')}\n")
     missing = [f"{t} {b} {m} seed {seed}" for t, b, seed, m in
-               itertools.product(args.tasks, args.budgets, args.seeds, args.methods) if (t, b, m, seed) not in done]
+               itertools.product(args.tasks, args.budgets, args.seeds, args.methods) if (t, b, m, seed) not in rows]
     if missing:
         text += f"\nNot run (the bench was stopped before them; its journal stays, and a rerun continues): " \
                 f"{'; '.join(missing)}.\n"
