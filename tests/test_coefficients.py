@@ -304,7 +304,7 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
     assert cost.predict_ms(new_plan) == pytest.approx(info.predicted_ms)
     assert new_plan.kept("encoder.3") == 64  # removing its channels buys nothing on this target
     assert new_plan.kept("encoder.0") < 32 and new_plan.kept("decoder.1") < 48
-    assert list(info.objective) == sorted(info.objective, reverse=True)  # every removal saved time
+    assert list(info.objective) == sorted(info.objective, reverse=True)  # every removal saved time, none went back
     _same_outputs(task, pruned, new_plan)
     # at 2.6 ms the decoder alone gives the time; once the encoder may take at most 60 % of the budget, its
     # time-saving group is cut too (and its flat one still is not)
@@ -359,6 +359,23 @@ def test_latency_knapsack_weighs_groups_by_what_the_loss_says_they_are_worth(two
     assert plain.kept("encoder.0") == 32 and plain.kept("decoder.1") < 48  # per ms, the decoder is cheapest
     assert loud.kept("encoder.0") < 32 and loud.kept("decoder.1") > plain.kept("decoder.1")
     assert cancelled.groups == plain.groups
+
+
+def test_latency_knapsack_gives_back_what_its_last_cut_overshot(two_part) -> None:
+    """With encoder.0's channels worth little to the loss, the knapsack takes them first, down to its bound, and then
+    decoder.1's: at 3.1 ms the last of those (0.167 ms) overshoots by more than an encoder.0 block costs (0.125 ms).
+    That block goes back, so the plan keeps all it can: no removed block fits back under the target."""
+    task, cost = _distil_task(two_part), _hand_cost()
+    context = _context(task, two_part, _dense_plan(task, two_part), cost=cost)
+    context.importance = _Louder(context.importance, "encoder.0", 0.3, True)  # type: ignore[arg-type]
+    proposal = get_planner("knapsack").propose(context, LatencyTarget(3.1))
+    plan, trace = proposal.plan, list(proposal.objective)
+    assert cost.predict_ms(plan) == pytest.approx(proposal.predicted_ms) and proposal.predicted_ms <= 3.1
+    counts = {key: plan.kept(key) for key in ("encoder.0", "decoder.1")}
+    assert counts["encoder.0"] > keep_count(32, 0.9, GRANULE) and counts["decoder.1"] < 48
+    assert all(cost.predict_ms({**counts, key: kept + GRANULE}) > 3.1 for key, kept in counts.items())
+    given_back = trace.index(min(trace))  # removals lower the prediction, then what goes back raises it
+    assert 0 < given_back < len(trace) - 1 and trace[given_back] < trace[-1] <= 3.1
 
 
 def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -> None:

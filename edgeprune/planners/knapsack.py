@@ -24,7 +24,7 @@ from edgeprune.planners.base import (
     check_target,
     register,
 )
-from edgeprune.planners.space import Search, SearchSpace, steps_down
+from edgeprune.planners.space import Search, SearchSpace, SpaceGroup, steps_down
 
 
 @register
@@ -48,7 +48,9 @@ class KnapsackPlanner:
 
 
 def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Search:
-    """Remove the block that loses least importance per predicted millisecond saved until the target holds."""
+    """Remove the block that loses least importance per predicted millisecond saved until the target holds; then
+    give back the removed blocks that fit in what the last removal overshot (a greedy knapsack's classic repair: one
+    block of a full-resolution layer can save several times what was still missing)."""
     cost, budget_ms, shares = context.cost, target.ms, context.component_shares
     assert cost is not None
     free = space.free
@@ -60,7 +62,11 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
     trace = [predicted]
     notes: list[str] = []
 
-    def over() -> str | None:
+    def loss(g: SpaceGroup, lo: int, hi: int) -> float:
+        """The importance channels ``lo:hi`` of group ``g`` carry, comparable across groups."""
+        return float(g.scores[lo:hi].sum()) / means[g.cluster]
+
+    def over(predicted: float) -> str | None:
         """The component furthest over its share, or '' for the whole budget, or None when everything holds."""
         times = cost.component_ms(counts)
         worst = max(((times.get(c, 0.0) / (share * budget_ms), c) for c, share in shares.items()), default=(0.0, ""))
@@ -68,7 +74,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
             return worst[1]
         return "" if predicted > budget_ms else None
 
-    while (aim := over()) is not None:
+    while (aim := over(predicted)) is not None:
         best: tuple[float, str, int] | None = None
         before = cost.component_ms(counts).get(aim, 0.0) if aim else predicted  # only read for a component
         for g in free:
@@ -82,7 +88,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
                 saved = cost.saving_ms(counts, g.key, lo)
             if saved <= 1e-12:
                 continue
-            lost = float(g.scores[lo:hi].sum()) / means[g.cluster]
+            lost = loss(g, lo, hi)
             if best is None or lost / saved < best[0]:
                 best = (lost / saved, g.key, lo)
         if best is None:
@@ -97,6 +103,29 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
         _, key, lo = best
         position[key] += 1
         counts[key] = lo
+        predicted = cost.predict_ms(counts)
+        trace.append(predicted)
+
+    def give_back() -> tuple[str, int] | None:
+        """Of each group's last removed block, the one that fits back with every limit holding and regains most
+        importance per predicted millisecond: (its group, the group's keep count with it)."""
+        best: tuple[float, str, int] | None = None
+        for g in free:
+            i = position[g.key]
+            if i == 0:
+                continue
+            lo, hi = steps[g.key][i], steps[g.key][i - 1]
+            ms = cost.saving_ms({**counts, g.key: hi}, g.key, lo)
+            counts[g.key] = hi
+            fits = over(predicted + ms) is None
+            counts[g.key] = lo
+            if fits and (best is None or loss(g, lo, hi) / max(ms, 1e-12) > best[0]):
+                best = (loss(g, lo, hi) / max(ms, 1e-12), g.key, hi)
+        return None if best is None else best[1:]
+
+    while not notes and (back := give_back()):
+        key, counts[key] = back
+        position[key] -= 1
         predicted = cost.predict_ms(counts)
         trace.append(predicted)
     keeps = {g.key: counts[g.key] for g in free if counts.get(g.key, g.current) < g.current}
