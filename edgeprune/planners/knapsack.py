@@ -5,7 +5,8 @@ Where the sparsity planners aim at a share of channels, this aims at a latency: 
 where the target spends it rather than where FLOPs are. A greedy knapsack over granule blocks: each round prices
 the next block of every group (its channels' application importance, in the task loss's units across groups; a
 magnitude over its cluster's mean, see :meth:`SearchSpace.cluster_means`) against the latency the cost model says
-removing it saves, and removes the cheapest; a block that saves nothing is never taken. The context's component
+removing it saves, and removes the cheapest; a block that saves nothing is never taken. Once the target holds, the
+removed blocks that fit back under it go back, most importance per millisecond first. The context's component
 shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of it):
 while one is over, only groups touching it are cut.
 """
@@ -119,8 +120,9 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
             counts[g.key] = hi
             fits = over(predicted + ms) is None
             counts[g.key] = lo
-            if fits and (best is None or loss(g, lo, hi) / max(ms, 1e-12) > best[0]):
-                best = (loss(g, lo, hi) / max(ms, 1e-12), g.key, hi)
+            value = loss(g, lo, hi) / max(ms, 1e-12)
+            if fits and (best is None or value > best[0]):
+                best = (value, g.key, hi)
         return None if best is None else best[1:]
 
     while not notes and (back := give_back()):
