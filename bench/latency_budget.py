@@ -198,7 +198,8 @@ def main() -> None:
                 continue
             print(f"{name} {budget} {method} seed {seed} …", flush=True)
             if method in ONE_SHOT:  # as many fine-tune steps per candidate as edgeprune's whole run took
-                edgeprune = done.get((name, budget, "edgeprune", seed)) or kept.get((name, budget, "edgeprune", seed), {})
+                key = (name, budget, "edgeprune", seed)
+                edgeprune = done.get(key) or kept.get(key, {})
                 steps = int(edgeprune.get("finetune_steps") or 5 * FINETUNE[name])
                 row = one_shot(task, method, budget, metric, dense_value, steps, seed)
             else:

@@ -67,7 +67,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
         """The importance channels ``lo:hi`` of group ``g`` carry, comparable across groups."""
         return float(g.scores[lo:hi].sum()) / means[g.cluster]
 
-    def over(predicted: float) -> str | None:
+    def over(counts: dict[str, int], predicted: float) -> str | None:
         """The component furthest over its share, or '' for the whole budget, or None when everything holds."""
         times = cost.component_ms(counts)
         worst = max(((times.get(c, 0.0) / (share * budget_ms), c) for c, share in shares.items()), default=(0.0, ""))
@@ -75,7 +75,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
             return worst[1]
         return "" if predicted > budget_ms else None
 
-    while (aim := over(predicted)) is not None:
+    while (aim := over(counts, predicted)) is not None:
         best: tuple[float, str, int] | None = None
         before = cost.component_ms(counts).get(aim, 0.0) if aim else predicted  # only read for a component
         for g in free:
@@ -116,16 +116,15 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
             if i == 0:
                 continue
             lo, hi = steps[g.key][i], steps[g.key][i - 1]
-            ms = cost.saving_ms({**counts, g.key: hi}, g.key, lo)
-            counts[g.key] = hi
-            fits = over(predicted + ms) is None
-            counts[g.key] = lo
-            value = loss(g, lo, hi) / max(ms, 1e-12)
-            if fits and (best is None or value > best[0]):
-                best = (value, g.key, hi)
+            back = {**counts, g.key: hi}
+            ms = cost.saving_ms(back, g.key, lo)
+            if over(back, predicted + ms) is None:
+                value = loss(g, lo, hi) / max(ms, 1e-12)
+                if best is None or value > best[0]:
+                    best = (value, g.key, hi)
         return None if best is None else best[1:]
 
-    while not notes and (back := give_back()):
+    while not notes and (back := give_back()):  # notes: the removals stopped at the bounds, short of the target
         key, counts[key] = back
         position[key] -= 1
         predicted = cost.predict_ms(counts)
