@@ -29,8 +29,9 @@ from edgeprune.core.manifest import (
     TaskRecord,
 )
 from edgeprune.core.task import Task, load_task
-from edgeprune.loop.loop import CHECKPOINT, CHECKPOINT_WEIGHTS, Loop, Outcome
+from edgeprune.loop.loop import Loop
 from edgeprune.loop.settings import RunFolderError, TuneSettings, run_components, target_inputs
+from edgeprune.loop.state import CHECKPOINT, CHECKPOINT_WEIGHTS, Outcome
 from edgeprune.measure.profile import attribute, save_profile
 from edgeprune.prune.plan import Plan
 from edgeprune.runtimes import Runtime
