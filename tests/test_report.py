@@ -279,3 +279,28 @@ def test_a_row_run_with_several_seeds_shows_the_verdict_most_reached_and_the_med
     assert rows == [["t", "0.5x", "psnr>=35", "43", "✓ 2/3 · 2.00× · 39", "✗ 2.50× · 30"]]
     one_failed = latency.assign(latency_holds=[True, False, False, True])
     assert compare.headline_table(one_failed)[1][0][4] == "✗ 1/3 · 2.00× · 39"
+
+
+def test_margins_compare_medians_with_the_best_other_method_that_meets() -> None:
+    """The margin is edgeprune's median minus the best median among the other methods that met in most runs (a
+    method that mostly broke a budget is no comparison), signed so that positive favours edgeprune also where lower
+    is better; the spread is edgeprune's own range over its seeds."""
+    import pandas as pd
+
+    compare = load_compare()
+
+    def run(method: str, seed: int, metric: float, met: bool = True) -> dict[str, object]:
+        return {"task": "t", "budget": "0.5x", "metric_budget": "psnr>=35", "dense_metric": 43.0, "method": method,
+                "seed": seed, "metric_holds": met, "latency_holds": True, "speedup": 2.0, "metric": metric}
+
+    latency = pd.DataFrame([run("edgeprune", 0, 39.0), run("edgeprune", 1, 40.0), run("edgeprune", 2, 38.5),
+                            run("tp-local", 0, 41.0, met=False), run("tp-local", 1, 41.5, met=False),
+                            run("tp-local", 2, 39.5),
+                            run("tp-global", 0, 38.0), run("tp-global", 1, 39.5), run("tp-global", 2, 38.2)])
+    header, rows = compare.margins_table(latency)
+    assert header[2:] == ["edgeprune", "best other that meets", "margin", "edgeprune's spread"]
+    assert rows == [["t", "0.5x", "✓ 3/3 · 2.00× · 39", "tp-global 38.2", "+0.8", "1.5"]]
+    lower = latency.assign(metric_budget="mse<=0.5x", dense_metric=50.0)  # lower is better: the sign turns
+    assert compare.margins_table(lower)[1][0][3:5] == ["tp-global 38.2", "-0.8"]
+    alone = latency[latency["method"] != "tp-global"]
+    assert compare.margins_table(alone)[1][0][3:5] == ["none meets", "—"]
