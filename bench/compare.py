@@ -104,12 +104,15 @@ def margins_table(latency: pd.DataFrame, ours: str = "edgeprune") -> tuple[list[
         mine = runs.pop(ours)
         spread = fmt(mine["metric"].max() - mine["metric"].min()) if len(mine) > 1 else "— (one run)"
         meeting = {m: float(r["metric"].median()) for m, r in runs.items() if 2 * int(r["met"].sum()) > len(r)}
-        if not meeting:
-            rows.append([task, budget, method_cell(mine), "none meets", "—", spread])
-            continue
-        best = max(meeting, key=lambda m: sign * meeting[m])
-        margin = sign * (float(mine["metric"].median()) - meeting[best])
-        rows.append([task, budget, method_cell(mine), f"{best} {fmt(meeting[best])}", f"{margin:+.4g}", spread])
+        best = max(meeting, key=lambda m: sign * meeting[m]) if meeting else None
+        if best is None:
+            other, margin = "none meets", "—"
+        elif 2 * int(mine["met"].sum()) <= len(mine):  # no margin for a method that did not meet the budgets
+            other, margin = f"{best} {fmt(meeting[best])}", f"{ours} does not meet"
+        else:
+            other = f"{best} {fmt(meeting[best])}"
+            margin = f"{sign * (float(mine['metric'].median()) - meeting[best]):+.4g}"
+        rows.append([task, budget, method_cell(mine), other, margin, spread])
     return ["task", "latency budget", ours, "best other that meets", "margin", f"{ours}'s spread"], rows
 
 
