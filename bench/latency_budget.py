@@ -55,7 +55,7 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
-from edgeprune.loop.loop import FINAL, UNTUNED
+from edgeprune.loop.loop import UNTUNED
 from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,13 +84,11 @@ def loop_run(task: Task, method: str, budget: str, work: Path, seed: int) -> dic
     result = tune(settings, work / f"{task.name}-{method}-{budget}-{seed}")
     manifest = result.manifest
     pruned = manifest.pruned
-    final = sum(1 for s in manifest.steps if s.note.startswith(FINAL))  # 0 when no step was accepted
-    tuned = sum(1 for s in manifest.steps if s.index > 0 and s.metrics) - final  # proposals fine-tuned and evaluated
     return {"metric": pruned.metrics[task.metric], "relative": pruned.latency_ms / manifest.dense.latency_ms,
             "run_dense_ms": manifest.dense.latency_ms, "macs": pruned.macs,
             "metric_holds": manifest.budgets.metric.holds, "run_status": result.status,
             "measurements": manifest.measurements, "final_finetune_steps": FINAL_FINETUNE[task.name],
-            "finetune_steps": tuned * FINETUNE[task.name] + final * FINAL_FINETUNE[task.name],
+            "finetune_steps": sum(s.finetune_steps for s in manifest.steps),
             "steps_accepted": sum(1 for s in manifest.steps if s.status == "accepted"),
             "steps_rolled_back": sum(1 for s in manifest.steps if s.status == "rolled-back"),
             "steps_untuned": sum(1 for s in manifest.steps if UNTUNED in s.note),  # cuts kept without their fine-tune

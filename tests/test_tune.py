@@ -386,6 +386,49 @@ def test_a_fine_tune_that_breaks_the_metric_is_undone_when_the_cut_alone_holds_i
     assert task.evaluate(pruned)["psnr"] == pytest.approx(accepted[-1].metrics["psnr"], abs=1e-3)
 
 
+SLOW_TO_MEND = '''
+import dataclasses
+
+import torch
+
+from edgeprune.zoo.autoencoder import digits_autoencoder
+
+
+def make():
+    """The digits autoencoder, but a short fine-tune halves every weight (the PSNR breaks) and a long one doubles
+    them: only the final fine-tune mends what the per-step one breaks."""
+    task = digits_autoencoder()
+
+    def finetune(model, steps):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5 if steps < 50 else 2.0)
+
+    return dataclasses.replace(task, finetune=finetune)
+'''
+
+
+def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_path: Path, quick_target: str,
+                                                                            shared_profiles: Path) -> None:
+    """A step aimed at the budget would get the final fine-tune after it anyway: when the per-step fine-tune breaks
+    the metric, it gets the final one before it is judged (and not again after the loop). A step short of the budget
+    does not; every step records the fine-tune steps it spent."""
+    spec = tmp_path / "slow.py"
+    spec.write_text(SLOW_TO_MEND)
+    settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.7x", finetune_steps=5,
+                            final_finetune_steps=60, step=0.2, metric_budget="psnr>=12")
+    result = tune(settings, tmp_path / "run")
+    assert result.status == "met", result.reason
+    steps = result.manifest.steps[1:]
+    accepted = [s for s in steps if s.status == "accepted"]
+    last = accepted[-1]
+    assert last.ratio >= 0.3 - 1e-9  # aimed at the budget: 1 - 0.7 of the dense latency
+    assert last.note.startswith("final fine-tune before judging") and last.finetune_steps == 65
+    assert last.metrics["psnr"] >= 12 and result.manifest.pruned.index == last.index == steps[-1].index
+    short = [s for s in steps if s.ratio < 0.3 - 1e-9]
+    assert short and all(UNTUNED in s.note and s.finetune_steps == 5 for s in short)
+
+
 def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:
     from edgeprune.loop.loop import MAX_STEP, next_increment
 

@@ -51,6 +51,8 @@ class StepRecord(BaseModel):
     plan_digest: str = ""
     search: dict[str, object] = Field(default_factory=dict)
     """How the planner chose this step's channels: target, sparsity or prediction reached, search cost."""
+    finetune_steps: int = 0
+    """Fine-tune steps this step spent (kept or not): what a run's fine-tune budget adds up from."""
 
     @property
     def latency_ms(self) -> float:

@@ -162,14 +162,15 @@ class Loop:
         """``final_finetune_steps`` more fine-tuning of the pruned model the run ends on, as one more step on the
         same widths (so the same measured latency): kept when its metric is no worse, recorded either way."""
         s, steps = outcome.state, self.settings.final_finetune_steps
-        if not steps or s.best == 0 or s.steps[-1].note.startswith(FINAL):  # a resumed run already did it
-            return outcome
+        if not steps or s.best == 0 or FINAL in s.steps[-1].note or FINAL in s.best_step.note:
+            return outcome  # a resumed run already did it, or the step aimed at the budget had it before its judging
         t0, best, index = time.perf_counter(), s.best_step, len(s.steps)
         graph = s.graph.fork()
         self.finetune(graph.model, index, steps)
         metrics = self.evaluate(graph.model, index)
         record = best.model_copy(update={"index": index, "metrics": metrics, "note": f"{FINAL}: {steps} steps on step "
-                                         f"{best.index}'s widths, whose latency it keeps", "search": {}})
+                                         f"{best.index}'s widths, whose latency it keeps", "search": {},
+                                         "finetune_steps": steps})
         metric, dense = self.metric_budget.metric, self.baseline.dense_value
         if self.metric_budget.headroom(metrics[metric], dense) < self.metric_budget.headroom(best.metrics[metric], dense):
             state = self.roll_back(s, record, f"{FINAL}: {metric}={metrics[metric]:.4g}, worse than step "
@@ -249,11 +250,11 @@ class Loop:
     def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
         """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
         candidate, index = proposal.model, len(s.steps)
-        metrics, note = self.tuned_metrics(candidate, index)
+        metrics, note, steps = self.tuned_metrics(candidate, index, last=self.aims_at_budget(trial))
         value = metrics[self.metric_budget.metric]
         record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics, note=note,
                             channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
-                            search=proposal.summary())
+                            search=proposal.summary(), finetune_steps=steps)
         if not self.metric_budget.holds(value, self.baseline.dense_value):
             return self.roll_back(s, record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}",
                                   t0, step=s.step / 2)
@@ -285,26 +286,40 @@ class Loop:
             "step": self.next_step(s, value)})
         return self.budget_met(accepted) or accepted
 
-    def tuned_metrics(self, candidate: nn.Module, index: int) -> tuple[dict[str, float], str]:
-        """Fine-tune the cut ``candidate`` in place and evaluate it. A rollback is for the cut, not for its fine-tune:
-        when the fine-tuned model breaks the metric budget but the cut alone holds it (a task's fine-tune can harm a
-        model that already works), the candidate goes back to its weights before the fine-tune, and a note says so."""
-        if not self.settings.finetune_steps:
-            return self.evaluate(candidate, index), ""
+    def tuned_metrics(self, candidate: nn.Module, index: int, last: bool = False) -> tuple[dict[str, float], str, int]:
+        """Fine-tune the cut ``candidate`` in place and evaluate it: its metrics, a note, the fine-tune steps spent.
+
+        A step aimed at the budget (``last``) would be the run's last and get ``final_finetune_steps`` more after it,
+        so when it breaks the metric budget it gets them before it is judged: a narrow metric (an episode return)
+        may break after the per-step fine-tune and hold after the final one. A rollback is for the cut, not for its
+        fine-tune: when the fine-tuned model breaks the metric budget but the cut alone holds it (a task's fine-tune
+        can harm a model that already works), the candidate goes back to its weights before the fine-tune, and a
+        note says so."""
+        settings, metric, dense = self.settings, self.metric_budget.metric, self.baseline.dense_value
+        if not settings.finetune_steps:
+            return self.evaluate(candidate, index), "", 0
         before = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
-        self.finetune(candidate, index, self.settings.finetune_steps)
-        metrics = self.evaluate(candidate, index)
-        metric, dense = self.metric_budget.metric, self.baseline.dense_value
+        self.finetune(candidate, index, settings.finetune_steps)
+        metrics, steps = self.evaluate(candidate, index), settings.finetune_steps
         if self.metric_budget.holds(metrics[metric], dense):
-            return metrics, ""
+            return metrics, "", steps
+        if last and settings.final_finetune_steps:
+            self.finetune(candidate, index, settings.final_finetune_steps)
+            tuned, steps = self.evaluate(candidate, index), steps + settings.final_finetune_steps
+            note = (f"{FINAL} before judging: {metric}={metrics[metric]:.4g} after {settings.finetune_steps} steps, "
+                    f"{tuned[metric]:.4g} after {steps}")
+            self.log(f"step {index}: {note}")
+            if self.metric_budget.holds(tuned[metric], dense):
+                return tuned, note, steps
+            metrics = tuned
         candidate.load_state_dict(before)  # rolled back either way unless the cut alone holds the metric
         untuned = self.evaluate(candidate, index)
         if not self.metric_budget.holds(untuned[metric], dense):
-            return metrics, ""
+            return metrics, "", steps
         note = (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds it "
                 f"({untuned[metric]:.4g}), {UNTUNED}")
         self.log(f"step {index}: {note}")
-        return untuned, note
+        return untuned, note, steps
 
     def next_step(self, s: LoopState, value: float) -> float:
         """The increment after an accepted step that moved the metric from the best step's to ``value``: larger when
