@@ -5,7 +5,8 @@
 Per task and latency budget (relative to the dense model on the ``cpu`` target), with the task's default metric
 budget. The loop methods run ``edgeprune tune`` with the same settings — the same latency schedule (a share of the
 dense latency per step, larger while the metric has headroom, halved after a rollback), the same fine-tune steps
-after every pruning step and on the final widths, the same rollback on the metric, the same measurements (each
+after every pruning step and on the final widths (a step aimed at the budget that breaks the metric gets the final
+ones before it is judged), the same rollback on the metric, the same measurements (each
 step timed in alternation with the dense model), the same cost model — and differ only in which channels go:
 
 - ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,

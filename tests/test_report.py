@@ -146,7 +146,8 @@ def test_numbers_match_the_manifest_and_the_cost_model(run: Path, rendered: Path
     steps = manifest.steps
     accepted = sum(s.status == "accepted" for s in steps)
     expected.append(f"{len(steps) - 1} pruning steps after the dense model: {accepted} accepted, "
-                    f"{len(steps) - 1 - accepted} rolled back; {manifest.measurements} latency measurements")
+                    f"{len(steps) - 1 - accepted} rolled back; {manifest.measurements} latency measurements "
+                    f"(dense included); {sum(s.finetune_steps for s in steps):,} fine-tune steps in all.")
     expected += [f"| {s.index} | {s.ratio:.3g} | {s.status} | {s.metrics[metric]:.4g} |"
                  for s in steps if metric in s.metrics]
     expected += [f"| {k} | {v} |" for k, v in manifest.versions.items()]

@@ -95,8 +95,9 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
         if best is None:
             what = f"component {aim!r} over {shares[aim]:.0%} of the budget" if aim else "the budget"
             message = (f"latency budget {budget_ms:.4g} ms is out of reach for {what}: the cost model predicts "
-                       f"{predicted:.4g} ms with every group at its bound (flow policy {context.flow_policy}, caps, "
-                       f"max_group_ratio {context.max_ratio:g}, granule {context.granule})")
+                       f"{predicted:.4g} ms with every group at its bound or where a further cut saves no predicted "
+                       f"time (flow policy {context.flow_policy}, caps, max_group_ratio {context.max_ratio:g}, "
+                       f"granule {context.granule})")
             if not target.best_effort:
                 raise PlannerError(message)
             notes.append(message + "; planned at the bounds for a measurement to decide")

@@ -78,12 +78,13 @@ def budget_rows(manifest: Manifest) -> list[list[str]]:
 
 
 def step_counts(manifest: Manifest) -> str:
-    """One line: how many steps, accepted, rolled back and measured."""
+    """One line: how many steps, accepted, rolled back and measured, and the fine-tune steps they spent."""
     steps = manifest.steps[1:]  # the first is the dense model
     accepted = sum(s.status == "accepted" for s in steps)
     measured = sum(1 for s in manifest.steps if s.latency is not None)
     return (f"{len(steps)} pruning steps after the dense model: {accepted} accepted, {len(steps) - accepted} rolled "
-            f"back; {measured} latency measurements (dense included).")
+            f"back; {measured} latency measurements (dense included); "
+            f"{sum(s.finetune_steps for s in steps):,} fine-tune steps in all.")
 
 
 # -- the run report's pieces -----------------------------------------------------------------------------------
@@ -256,9 +257,10 @@ def build_report(folder: Path, manifest: Manifest, figures: Path, store: Path | 
 
     page.heading("Steps")
     page.text(step_counts(manifest))
-    page.table(["step", "ratio", "status", metric, "latency", "MACs", "search", "note"], [
+    page.table(["step", "ratio", "status", metric, "latency", "MACs", "fine-tune", "search", "note"], [
         [s.index, f"{s.ratio:.3g}", s.status, fmt(s.metrics[metric]) if metric in s.metrics else "—",
-         _fmt_latency(s.latency), f"{s.macs:,}" if s.macs else "—", _fmt_search(s.search), s.note]
+         _fmt_latency(s.latency), f"{s.macs:,}" if s.macs else "—", s.finetune_steps or "—", _fmt_search(s.search),
+         s.note]
         for s in manifest.steps
     ])
     higher = MetricBudget.parse(budgets.metric.expression).op.startswith(">")
