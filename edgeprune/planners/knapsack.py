@@ -37,7 +37,8 @@ class KnapsackPlanner:
 
     def propose(self, context: StepContext, target: StepTarget) -> Proposal:
         """Raises :class:`PlannerError` when the bounds leave the target out of reach, naming the best prediction —
-        or, for a best-effort target, proposes the plan at the bounds with that in its notes: a prediction alone
+        or, for a best-effort target, proposes every cut that saves predicted time (each group at its bound or where
+        its staircase is flat) with that in its notes: a prediction alone
         should not end a run that a measurement might still carry (the tune loop measures it)."""
         check_target(self, target)
         assert isinstance(target, LatencyTarget)
@@ -100,7 +101,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Sea
                        f"granule {context.granule})")
             if not target.best_effort:
                 raise PlannerError(message)
-            notes.append(message + "; planned at the bounds for a measurement to decide")
+            notes.append(message + "; planned as far as a cut saves predicted time, for a measurement to decide")
             break
         _, key, lo = best
         position[key] += 1
