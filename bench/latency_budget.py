@@ -11,8 +11,9 @@ step timed in alternation with the dense model), the same cost model — and dif
 
 - ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,
   normalised per component) lost per millisecond the measured cost model says a block saves; interfaces between
-  components kept (``--flow-policy protect``; ``joint`` on digits-resnet, whose components are stages of one CNN;
-  the fashion tasks' networks are one component each, so nothing is protected there);
+  components kept until a step's target is out of reach without cutting them (tune's default ``--flow-policy
+  last``; ``joint`` on digits-resnet, whose components are stages of one CNN; the fashion tasks' networks are one
+  component each, so they have no interface);
 - ``tp-local``: the same ratio in every group, Torch-Pruning's L2 group magnitude (local pruning);
 - ``tp-global``: one global ranking of blocks by that magnitude (Torch-Pruning's global pruning);
 - ``tp-taylor``: one global ranking by first-order Taylor importance;
@@ -78,7 +79,7 @@ def macs_of(model: nn.Module, task: Task) -> int:
 def loop_run(task: Task, method: str, budget: str, work: Path, seed: int) -> dict[str, object]:
     """One tune run of ``method`` (a strategy name, ``edgeprune`` being the knapsack)."""
     strategy = "knapsack" if method == "edgeprune" else method
-    flow_policy = FLOW_POLICY.get(task.name, "protect") if method == "edgeprune" else "joint"
+    flow_policy = FLOW_POLICY.get(task.name, TuneSettings().flow_policy) if method == "edgeprune" else "joint"
     settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=strategy,
                             finetune_steps=FINETUNE[task.name], final_finetune_steps=FINAL_FINETUNE[task.name],
                             flow_policy=flow_policy, seed=seed)

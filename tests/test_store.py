@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -59,3 +61,35 @@ def test_a_profile_from_another_host_is_named_with_the_facts_that_differ(two_par
     # the profile measured here now matches: reused, nothing to explain
     said.clear()
     assert profile_task(task, fast_target, runtime, image, graph(), store, log=said.append).reused and not said
+
+
+def test_two_runs_profiling_one_task_at_once_take_turns(two_part, image, fast_target, tmp_path: Path) -> None:
+    """The second run waits for the first (which holds the store's work folder) and then reuses what it stored,
+    rather than writing into a journal the first removes when it is done."""
+    task, store, runtime = two_part_task(two_part), ProfileStore(tmp_path / "profiles"), OrtRuntime(fast_target)
+    inside, go = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+    second_said: list[str] = []
+
+    def first_log(line: str) -> None:
+        if line == "profiling the dense model":  # inside the lock: hold it until the second run waits
+            inside.set()
+            assert go.wait(60)
+
+    def run(name: str, log) -> None:
+        results[name] = profile_task(task, fast_target, runtime, image,
+                                     ComponentGraph(task.build(), image, COMPONENTS, ("decoder.3",)), store, log=log)
+
+    first = threading.Thread(target=run, args=("first", first_log))
+    first.start()
+    assert inside.wait(60)
+    second = threading.Thread(target=run, args=("second", second_said.append))
+    second.start()
+    deadline = time.monotonic() + 60
+    while not second_said and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.set()
+    first.join(60), second.join(60)
+    assert second_said[:1] and second_said[0].startswith("another run is profiling in ")
+    assert not results["first"].reused and results["second"].reused  # type: ignore[attr-defined]
+    assert not [p for p in (store.root / task.name).iterdir() if p.name.endswith(".work")]  # nothing left half-done

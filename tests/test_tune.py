@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target, target_path
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
-from edgeprune.loop.loop import UNTUNED, next_increment
+from edgeprune.loop.loop import OPENED, UNTUNED, next_increment
 from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.plan import Plan
+from edgeprune.prune.plan import Plan, keep_count
 from edgeprune.runtimes import get_runtime
 
 pytestmark = pytest.mark.slow
@@ -285,6 +286,26 @@ def test_a_latency_planner_stops_when_the_cost_model_finds_nothing_more_to_cut(t
     plan = Plan.load(tmp_path / "bounded" / "plan.json")
     assert plan.digest() == steps[-1].plan_digest == result.manifest.pruned.plan_digest
     assert all(len(g.keep) >= 0.8 * g.width - 8 for g in plan.groups.values())
+
+
+def test_interfaces_are_cut_last_once_a_step_cannot_reach_its_target_without_them(tmp_path: Path, quick_target: str,
+                                                                                   shared_profiles: Path) -> None:
+    """The default flow policy ``last``: the autoencoder split after encoder.conv1, so that group is an interface
+    (front → back). Groups may lose at most 20 % of their channels: the first step's target (half the dense
+    latency) is out of reach with the interface kept, so that step opens it and cuts it with the others."""
+    split = {"front": ["encoder.conv0", "encoder.conv1"], "back": ["encoder.conv2", "encoder.latent", "decoder"]}
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.3x",
+                            metric_budget="psnr>=5", step=0.5, max_ratio=0.2, components=split)
+    assert settings.flow_policy == "last"
+    result = tune(settings, tmp_path / "last")
+    assert result.status == "infeasible" and "interface" not in result.reason  # none is left kept
+    steps = result.manifest.steps
+    assert [OPENED in s.note for s in steps[1:]][:1] == [True] and sum(OPENED in s.note for s in steps) == 1
+    kept = re.search(r"with them kept the plan predicts ([\d.]+) ms", steps[1].note)
+    assert kept and steps[1].search["predicted_ms"] < float(kept[1])  # the opened plan saves more
+    plan = Plan.load(tmp_path / "last" / "plan.json")
+    interface = plan.groups["encoder.conv1"]
+    assert interface.kind == "flow" and len(interface.keep) == keep_count(64, 0.2, 8) < 64  # at its bound
 
 
 INTERRUPTIBLE = '''

@@ -47,7 +47,7 @@ from edgeprune.planners import (
     get_planner,
 )
 from edgeprune.prune.graph import ComponentGraph
-from edgeprune.prune.importance import ApplicationImportance, cuttable
+from edgeprune.prune.importance import ApplicationImportance, FlowPolicy, cuttable
 from edgeprune.prune.plan import Plan
 from edgeprune.runtimes import Latency, get_runtime
 
@@ -58,6 +58,8 @@ CALM, STRAIN, GROW, MAX_STEP = 0.25, 0.75, 1.5, 0.3
 FINAL = "final fine-tune"
 #: How a step kept without its fine-tune says so (see :meth:`Loop.tuned_metrics`).
 UNTUNED = "kept without the fine-tune"
+#: How the step that opened the interfaces says so (flow policy ``last``, see :meth:`Loop.opens_interfaces`).
+OPENED = "interfaces cut from this step on (flow policy last)"
 
 
 def next_increment(step: float, used: float) -> float:
@@ -231,9 +233,16 @@ class Loop:
         # a ratio strategy's ratio is the channels cut, capped like every group; a latency planner's is the share of
         # the dense latency measured removed, and the trial one increment more, until its target is the budget itself
         trial = min(1.0 if self.plans_latency else self.settings.max_ratio, s.ratio + s.step)
-        t0 = time.perf_counter()
+        t0, target, opened = time.perf_counter(), self.aim(s, trial), ""
         try:
-            proposal = self.planner.propose(self.context(s), self.aim(s, trial))
+            proposal = self.planner.propose(self.context(s), target)
+            if self.opens_interfaces(s, proposal, target):
+                assert isinstance(target, LatencyTarget) and proposal.predicted_ms is not None
+                opened = (f"{OPENED}: with them kept the plan predicts {proposal.predicted_ms:.4g} ms > the step's "
+                          f"target {target.ms:.4g} ms")
+                self.log(f"step {len(s.steps)}: {opened}")
+                s = s.model_copy(update={"interfaces_open": True})
+                proposal = self.planner.propose(self.context(s), target)
         except PlannerError as exc:  # e.g. the sparsity band is unreachable from this plan at the granule
             if self.plans_latency:  # bounds, not step size, keep the budget out of reach
                 return Outcome("infeasible", str(exc), s)
@@ -245,19 +254,39 @@ class Loop:
             return self.nothing_left_to_cut(s, trial) or s.model_copy(update={"ratio": trial})
         if proposal.plan.digest() in s.rejected:  # the granule made this the plan already rolled back
             return self.only_rejected_plans_left(s, proposal.plan.digest()) or s.model_copy(update={"step": s.step / 2})
-        return self.try_proposal(s, proposal, trial, t0)
+        return self.try_proposal(s, proposal, trial, t0, opened)
 
-    def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float) -> LoopState | Outcome:
-        """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back."""
+    def opens_interfaces(self, s: LoopState, proposal: Proposal, target: StepTarget) -> bool:
+        """Flow policy ``last``: the interfaces are still kept, the latency planner's plan with them kept falls short
+        of the step's target (a step short of its target falls short of the budget too), and one of them could lose
+        channels."""
+        if not (self.settings.flow_policy == "last" and not s.interfaces_open and isinstance(target, LatencyTarget)
+                and proposal.predicted_ms is not None and proposal.predicted_ms > target.ms * (1.0 + target.tolerance)):
+            return False
+        opened = self.context(s.model_copy(update={"interfaces_open": True}))
+        return any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items())
+
+    def flow_policy(self, s: LoopState) -> FlowPolicy:
+        """The policy this step's planner cuts flow groups by: ``last`` is ``joint`` once the interfaces are open."""
+        return "joint" if self.settings.flow_policy == "last" and s.interfaces_open else self.settings.flow_policy
+
+    def try_proposal(self, s: LoopState, proposal: Proposal, trial: float, t0: float,
+                     opened: str = "") -> LoopState | Outcome:
+        """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back. ``opened``:
+        why this step opened the interfaces (flow policy ``last``), for its record."""
         candidate, index = proposal.model, len(s.steps)
         metrics, note, steps = self.tuned_metrics(candidate, index, last=self.aims_at_budget(trial))
         value = metrics[self.metric_budget.metric]
-        record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics, note=note,
+
+        def noted(*parts: str) -> str:  # the step's notes, the interfaces' opening first
+            return "; ".join(n for n in (opened, *parts) if n)
+
+        record = StepRecord(index=index, ratio=trial, status="accepted", metrics=metrics, note=noted(note),
                             channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
                             search=proposal.summary(), finetune_steps=steps)
         if not self.metric_budget.holds(value, self.baseline.dense_value):
-            return self.roll_back(s, record, f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}",
-                                  t0, step=s.step / 2)
+            return self.roll_back(s, record, noted(f"{self.metric_budget.metric}={value:.4g} breaks "
+                                                   f"{self.metric_budget}"), t0, step=s.step / 2)
         artifact, record.latency = self.measure_step(candidate, f"step{record.index}")
         measured = record.latency_ms
         cost, local = s.cost, s.local
@@ -270,8 +299,8 @@ class Loop:
                 # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
                 # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
-                return self.roll_back(s, record, f"measured {measured:.4g} ms, no faster than step "
-                                                 f"{s.best}'s {s.best_step.latency_ms:.4g} ms", t0,
+                return self.roll_back(s, record, noted(f"measured {measured:.4g} ms, no faster than step "
+                                                       f"{s.best}'s {s.best_step.latency_ms:.4g} ms"), t0,
                                       ratio=trial, cost=cost)
             local = measured / cost.predict_ms(proposal.plan)
         record.macs, record.params = self.count(candidate)
@@ -331,7 +360,7 @@ class Loop:
     def context(self, s: LoopState) -> StepContext:
         settings = self.settings
         return StepContext(task=self.task, graph=s.graph, plan=s.plan, inputs=self.inputs, granule=self.target.granule,
-                           importance=self.importance, flow_policy=settings.flow_policy,
+                           importance=self.importance, flow_policy=self.flow_policy(s),
                            flow_combine=settings.flow_combine, component_ratios=settings.component_ratios or {},
                            max_ratio=settings.max_ratio, component_shares=settings.component_shares or {},
                            cost=s.cost, seed=settings.seed)
@@ -374,7 +403,7 @@ class Loop:
         """A latency planner aiming at the budget plans no cut: its cost model finds nothing more that saves time."""
         if not self.aims_at_budget(trial):
             return None
-        protected = sum(1 for g in s.plan.groups.values() if not cuttable(g.kind, self.settings.flow_policy))
+        protected = sum(1 for g in s.plan.groups.values() if not cuttable(g.kind, self.flow_policy(s)))
         hint = (f"; {protected} interface (flow) groups keep their width under --flow-policy protect, "
                 f"--flow-policy joint lets the planner cut them") if protected else ""
         return Outcome("infeasible", f"the cost model (corrected ×{s.local:.3f} by the last measurement) finds no "

@@ -44,8 +44,10 @@ class TuneSettings(BaseModel):
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
                                                           "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(
-        "protect", description="inter-component groups: keep their width, prune on every component's combined "
-                               "importance (joint), or on the producing component's (owner)")
+        "last", description="inter-component groups: keep their width until a latency planner's step cannot reach "
+                            "its target without cutting them, then as joint (last); always keep their width "
+                            "(protect); prune on every component's combined importance (joint), or on the producing "
+                            "component's (owner)")
     flow_combine: Combine = Field("min", description="joint policy: combine components' importance by min or mean")
     components: dict[str, list[str]] | None = Field(None, description="component -> module prefixes; None: the task's")
     component_ratios: dict[str, float] | None = Field(

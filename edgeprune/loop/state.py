@@ -62,6 +62,8 @@ class LoopState(BaseModel):
     """Latency planners: the cost model, recalibrated on every measurement."""
     local: float = 1.0
     """Latency planners: measured / predicted latency at the last measurement (prediction errors are local)."""
+    interfaces_open: bool = False
+    """Flow policy ``last``: a step's target was out of reach with the interfaces kept, so they are cut from then on."""
     graph: ComponentGraph = Field(exclude=True)
     """The current model, traced."""
 

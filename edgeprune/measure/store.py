@@ -7,16 +7,18 @@ renamed, so a killed run never leaves a half-written profile that a later run wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from edgeprune.artifact.export import Artifact, build_artifact, to_numpy
 from edgeprune.core.hashing import digest_json, state_dict_hash
@@ -191,6 +193,23 @@ def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | No
     return table.sort_values("layers_ms", ascending=False, ignore_index=True) if rows else table
 
 
+@contextlib.contextmanager
+def exclusive(work: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``work`` (a store's work folder) alone: two runs profiling one task on one target at once would write the
+    same journal, and the first to finish would remove it under the other."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(work.with_name(work.name + ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"another run is profiling in {work}: waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, graph: ComponentGraph,
                  store: ProfileStore, *, refresh: bool = False, cost_model: bool = False, work: Path | None = None,
                  artifact: Artifact | None = None, dense_ms: float | None = None,
@@ -204,36 +223,37 @@ def profile_task(task: Task, target: Target, runtime: Runtime, inputs: tuple, gr
     facts = measurement_facts(task, target, runtime, state_dict_hash(model), inputs)
     key = profile_key(facts)
     work = work or store.root / task.name / f".{target.name}-{key}.work"
-    work.mkdir(parents=True, exist_ok=True)
-    frame = None if refresh else store.load_profile(task.name, target.name, key)
-    reused = frame is not None
-    if frame is None and not refresh:
-        for note in store.mismatches(task.name, target.name, key, facts):
-            log(f"{note}: not reused, measuring anew")
-    if frame is None or cost_model:
-        artifact = artifact or build_artifact(model, inputs, runtime, work, "dense", target.precision)
-    if frame is None:
-        log("profiling the dense model")
-        frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
-                          artifact.exported if runtime.source == "onnx" else None, graph.components,
-                          {**facts, **device_provenance(runtime)})
-        store.save_profile(frame, task.name, target.name, key)
-    cost = None if refresh or not cost_model else store.load_cost(task.name, target.name, key)
-    cost_reused = cost is not None
-    if cost_model and cost is None and not refresh:
-        for note in store.mismatches(task.name, target.name, key, facts, kind="cost"):
-            log(f"{note}: not reused, building the cost model anew")
-    if cost_model and cost is None:
-        assert artifact is not None
-        log("building the cost model from per-layer latency tables")
-        builder = CostModelBuilder(task.name, graph, inputs, target, runtime, work / "cost",
-                                   table_store(store.root, target, runtime), log, progress)
-        if dense_ms is None:
-            dense_ms = runtime.latency(artifact.built, to_numpy(inputs)).median_ms
-        cost = builder.build(artifact.exported, frame, dense_ms)
-        cost = cost.model_copy(update={"provenance": {**facts, **cost.provenance}})
-        store.save_cost(cost, task.name, target.name, key)
-    groups = group_table(frame, graph, cost, target.granule)
-    shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in the store now
+    with exclusive(work, log):  # a second run of the same task and target waits, then reuses the store
+        work.mkdir(parents=True, exist_ok=True)
+        frame = None if refresh else store.load_profile(task.name, target.name, key)
+        reused = frame is not None
+        if frame is None and not refresh:
+            for note in store.mismatches(task.name, target.name, key, facts):
+                log(f"{note}: not reused, measuring anew")
+        if frame is None or cost_model:
+            artifact = artifact or build_artifact(model, inputs, runtime, work, "dense", target.precision)
+        if frame is None:
+            log("profiling the dense model")
+            frame = attribute(runtime.profile(artifact.built, to_numpy(inputs)),
+                              artifact.exported if runtime.source == "onnx" else None, graph.components,
+                              {**facts, **device_provenance(runtime)})
+            store.save_profile(frame, task.name, target.name, key)
+        cost = None if refresh or not cost_model else store.load_cost(task.name, target.name, key)
+        cost_reused = cost is not None
+        if cost_model and cost is None and not refresh:
+            for note in store.mismatches(task.name, target.name, key, facts, kind="cost"):
+                log(f"{note}: not reused, building the cost model anew")
+        if cost_model and cost is None:
+            assert artifact is not None
+            log("building the cost model from per-layer latency tables")
+            builder = CostModelBuilder(task.name, graph, inputs, target, runtime, work / "cost",
+                                       table_store(store.root, target, runtime), log, progress)
+            if dense_ms is None:
+                dense_ms = runtime.latency(artifact.built, to_numpy(inputs)).median_ms
+            cost = builder.build(artifact.exported, frame, dense_ms)
+            cost = cost.model_copy(update={"provenance": {**facts, **cost.provenance}})
+            store.save_cost(cost, task.name, target.name, key)
+        groups = group_table(frame, graph, cost, target.granule)
+        shutil.rmtree(work, ignore_errors=True)  # everything worth keeping is in the store now
     return ProfileResult(key, frame, store.profile_path(task.name, target.name, key), reused, groups, cost,
                          store.cost_path(task.name, target.name, key) if cost else None, cost_reused)

@@ -64,19 +64,22 @@ def combine(per_component: Mapping[str, torch.Tensor], how: Combine = "min",
     return (stacked * w).sum(dim=0) / w.sum()
 
 
-FlowPolicy = Literal["protect", "joint", "owner"]
+FlowPolicy = Literal["last", "protect", "joint", "owner"]
+"""``last``: ``protect`` while a latency planner can reach its target without the interfaces, ``joint`` from the first
+step it cannot (the tune loop decides, :meth:`~edgeprune.loop.loop.Loop.step`): an interface is the last thing cut."""
 FLOW_POLICIES: tuple[str, ...] = get_args(FlowPolicy)
 
 
 def cuttable(kind: str, flow_policy: FlowPolicy) -> bool:
     """Whether a group of ``kind`` ("intra" or "flow") may lose channels under ``flow_policy``: every group but a
-    flow (an interface between components) under ``protect``."""
-    return not (kind == "flow" and flow_policy == "protect")
+    flow (an interface between components) under ``protect`` (or ``last``, until the loop opens the interfaces)."""
+    return not (kind == "flow" and flow_policy in ("protect", "last"))
 
 
 def group_scores(graph: ComponentGraph, key: str, flow_policy: FlowPolicy = "joint", how: Combine = "min") -> torch.Tensor:
     """Channel importance of a group: plain magnitude inside a component; for a flow group, every component's
-    normalised scores combined by ``how`` (``joint``), or the producing component's alone (``owner``)."""
+    normalised scores combined by ``how`` (``joint``, and ``last`` once its interfaces are cut), or the producing
+    component's alone (``owner``)."""
     info = graph.groups[key]
     if info.kind == "intra":
         return graph.importance(key)

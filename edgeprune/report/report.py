@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # the cost model and figures pull in torch and matplotlib: im
     from edgeprune.report.figures import Staircase
 
 FLOW_POLICIES = {
+    "last": "Flow policy `last`: they keep their width until a step's latency target is out of reach without cutting "
+            "them; from that step on (its note says so) they are pruned as under `joint`.",
     "protect": "Flow policy `protect`: they keep their width.",
     "joint": "Flow policy `joint`: they are pruned consistently in every component, on each component's "
              "normalised importance combined (min or mean, see the manifest's settings).",
