@@ -57,7 +57,7 @@ from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
-from edgeprune.loop.loop import UNTUNED
+from edgeprune.loop.loop import OPENED, UNTUNED
 from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,6 +94,7 @@ def loop_run(task: Task, method: str, budget: str, work: Path, seed: int) -> dic
             "steps_accepted": sum(1 for s in manifest.steps if s.status == "accepted"),
             "steps_rolled_back": sum(1 for s in manifest.steps if s.status == "rolled-back"),
             "steps_untuned": sum(1 for s in manifest.steps if UNTUNED in s.note),  # cuts kept without their fine-tune
+            "interfaces_opened": any(OPENED in s.note for s in manifest.steps),  # flow policy last opened them
             "wall_s": manifest.wall_s}
 
 
