@@ -58,7 +58,7 @@ CALM, STRAIN, GROW, MAX_STEP = 0.25, 0.75, 1.5, 0.3
 FINAL = "final fine-tune"
 #: How a step kept without its fine-tune says so (see :meth:`Loop.tuned_metrics`).
 UNTUNED = "kept without the fine-tune"
-#: How the step that opened the interfaces says so (flow policy ``last``, see :meth:`Loop.opens_interfaces`).
+#: How the step that opened the interfaces says so (flow policy ``last``, see :meth:`Loop.interfaces_to_open`).
 OPENED = "interfaces cut from this step on (flow policy last)"
 
 
@@ -236,10 +236,8 @@ class Loop:
         t0, target, opened = time.perf_counter(), self.aim(s, trial), ""
         try:
             proposal = self.planner.propose(self.context(s), target)
-            if self.opens_interfaces(s, proposal, target):
-                assert isinstance(target, LatencyTarget) and proposal.predicted_ms is not None
-                opened = (f"{OPENED}: with them kept the plan predicts {proposal.predicted_ms:.4g} ms > the step's "
-                          f"target {target.ms:.4g} ms")
+            opened = self.interfaces_to_open(s, proposal, target)
+            if opened:
                 self.log(f"step {len(s.steps)}: {opened}")
                 s = s.model_copy(update={"interfaces_open": True})
                 proposal = self.planner.propose(self.context(s), target)
@@ -256,15 +254,18 @@ class Loop:
             return self.only_rejected_plans_left(s, proposal.plan.digest()) or s.model_copy(update={"step": s.step / 2})
         return self.try_proposal(s, proposal, trial, t0, opened)
 
-    def opens_interfaces(self, s: LoopState, proposal: Proposal, target: StepTarget) -> bool:
-        """Flow policy ``last``: the interfaces are still kept, the latency planner's plan with them kept falls short
-        of the step's target (a step short of its target falls short of the budget too), and one of them could lose
-        channels."""
+    def interfaces_to_open(self, s: LoopState, proposal: Proposal, target: StepTarget) -> str:
+        """Why this step opens the interfaces (flow policy ``last``), or "": they are still kept, the latency
+        planner's plan with them kept falls short of the step's target (short of the target is short of the budget
+        too), and one of them could lose channels."""
         if not (self.settings.flow_policy == "last" and not s.interfaces_open and isinstance(target, LatencyTarget)
                 and proposal.predicted_ms is not None and proposal.predicted_ms > target.ms * (1.0 + target.tolerance)):
-            return False
+            return ""
         opened = self.context(s.model_copy(update={"interfaces_open": True}))
-        return any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items())
+        if not any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items()):
+            return ""
+        return f"{OPENED}: with them kept the plan predicts {proposal.predicted_ms:.4g} ms > the step's target " \
+               f"{target.ms:.4g} ms"
 
     def flow_policy(self, s: LoopState) -> FlowPolicy:
         """The policy this step's planner cuts flow groups by: ``last`` is ``joint`` once the interfaces are open."""
