@@ -153,6 +153,8 @@ class CostModel(BaseModel):
 
     def _scaled(self, dense_ms: float, ratio):
         """A layer's time at ``ratio`` of its variable part: the profiler's floor is never cut."""
+        if ratio == 1.0:  # exactly as measured (floor + (dense - floor) can be an ulp off)
+            return dense_ms
         floor = min(self.floor_ms, dense_ms)
         return floor + (dense_ms - floor) * ratio
 

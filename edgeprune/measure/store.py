@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,9 +197,9 @@ def group_table(frame: pd.DataFrame, graph: ComponentGraph, cost: CostModel | No
 @contextlib.contextmanager
 def exclusive(work: Path, log: Callable[[str], None]) -> Iterator[None]:
     """Hold ``work`` (a store's work folder) alone: two runs profiling one task on one target at once would write the
-    same journal, and the first to finish would remove it under the other."""
-    work.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(work.with_name(work.name + ".lock"))
+    same journal, and the first to finish would remove it under the other. The lock file lies in the system's
+    temporary folder (named by the folder's path), so the store holds only what was measured."""
+    lock = FileLock(Path(tempfile.gettempdir()) / f"edgeprune-{digest_json(str(work.resolve()), 16)}.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
