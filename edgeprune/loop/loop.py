@@ -404,7 +404,8 @@ class Loop:
         """A latency planner aiming at the budget plans no cut: its cost model finds nothing more that saves time."""
         if not self.aims_at_budget(trial):
             return None
-        protected = sum(1 for g in s.plan.groups.values() if not cuttable(g.kind, self.flow_policy(s)))
+        policy = self.settings.flow_policy  # under ``last`` the loop already opened every interface that could be cut
+        protected = sum(1 for g in s.plan.groups.values() if not cuttable(g.kind, policy)) if policy == "protect" else 0
         hint = (f"; {protected} interface (flow) groups keep their width under --flow-policy protect, "
                 f"--flow-policy joint lets the planner cut them") if protected else ""
         return Outcome("infeasible", f"the cost model (corrected ×{s.local:.3f} by the last measurement) finds no "
