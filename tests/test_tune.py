@@ -416,14 +416,19 @@ from edgeprune.zoo.autoencoder import digits_autoencoder
 
 
 def make():
-    """The digits autoencoder, but a short fine-tune halves every weight (the PSNR breaks) and a long one doubles
+    """The digits autoencoder, but a short fine-tune zeroes every weight (the PSNR breaks) and a long one restores
     them: only the final fine-tune mends what the per-step one breaks."""
     task = digits_autoencoder()
+    saved = {}
 
     def finetune(model, steps):
         with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(0.5 if steps < 50 else 2.0)
+            if steps < 50:
+                saved.update({k: v.clone() for k, v in model.state_dict().items()})
+                for p in model.parameters():
+                    p.zero_()
+            else:
+                model.load_state_dict(saved)
 
     return dataclasses.replace(task, finetune=finetune)
 '''
@@ -443,10 +448,11 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
     steps = result.manifest.steps[1:]
     accepted = [s for s in steps if s.status == "accepted"]
     last = accepted[-1]
-    assert last.ratio >= 0.3 - 1e-9  # aimed at the budget: 1 - 0.7 of the dense latency
+    aimed = 1.0 - 0.7 * 1.02  # aimed at the budget: 1 - 0.7 of the dense latency, within the tolerance epsilon
+    assert last.ratio >= aimed - 1e-9
     assert last.note.startswith("final fine-tune before judging") and last.finetune_steps == 65
     assert last.metrics["psnr"] >= 12 and result.manifest.pruned.index == last.index == steps[-1].index
-    short = [s for s in steps if s.ratio < 0.3 - 1e-9]
+    short = [s for s in steps if s.ratio < aimed - 1e-9]
     assert short and all(UNTUNED in s.note and s.finetune_steps == 5 for s in short)
 
 

@@ -371,14 +371,17 @@ class Loop:
         never below the budget, corrected by how far off the last measured prediction was (latency planners)."""
         if not self.plans_latency:
             return SparsityTarget(trial, self.settings.epsilon)
-        target_ms = max(self.baseline.budget_ms, self.baseline.dense_ms * (1.0 - trial)) / s.local
+        epsilon = self.settings.epsilon
         if self.aims_at_budget(trial):  # a planner's slack (the gradient's ± epsilon) must sit below the budget
-            target_ms /= 1.0 + self.settings.epsilon
-        return LatencyTarget(target_ms, self.settings.epsilon, best_effort=True)
+            return LatencyTarget(self.baseline.budget_ms / s.local / (1.0 + epsilon), epsilon, best_effort=True)
+        return LatencyTarget(self.baseline.dense_ms * (1.0 - trial) / s.local, epsilon, best_effort=True)
 
     def aims_at_budget(self, ratio: float) -> bool:
-        """A latency planner's ramp at ``ratio`` already aims at the budget itself."""
-        return self.plans_latency and self.baseline.dense_ms * (1.0 - ratio) <= self.baseline.budget_ms
+        """A latency planner's ramp at ``ratio`` already aims at the budget itself — or within the planners'
+        tolerance of it: a step that close would leave only a sliver of the budget (inside measurement noise) to a
+        step of its own."""
+        return self.plans_latency and \
+            self.baseline.dense_ms * (1.0 - ratio) <= self.baseline.budget_ms * (1.0 + self.settings.epsilon)
 
     def roll_back(self, s: LoopState, record: StepRecord, note: str, t0: float, **changes: object) -> LoopState:
         """Record ``record`` as rolled back for ``note``; its plan is not proposed again from this model."""
