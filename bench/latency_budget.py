@@ -9,11 +9,14 @@ after every pruning step and on the final widths (a step aimed at the budget tha
 ones before it is judged), the same rollback on the metric, the same measurements (each
 step timed in alternation with the dense model), the same cost model — and differ only in which channels go:
 
-- ``edgeprune``: ``--strategy knapsack``: least application importance (the task loss's sensitivity with magnitude,
-  normalised per component) lost per millisecond the measured cost model says a block saves; interfaces between
-  components kept until a step's target is out of reach without cutting them (tune's default ``--flow-policy
-  last``; ``joint`` on digits-resnet, whose components are stages of one CNN; the fashion tasks' networks are one
-  component each, so they have no interface);
+- ``edgeprune``: tune's default ``--strategy select``: each step plans the ``knapsack``'s cut and global rankings by
+  Taylor and by L2 magnitude against the same latency target on the measured cost model, and keeps the one the
+  task's loss rises least from right after the cut (held-out training batches);
+- ``knapsack``: edgeprune's latency knapsack alone (the default before ``select``): least application importance
+  (the task loss's sensitivity with magnitude, normalised per component) lost per millisecond the measured cost
+  model says a block saves. Both edgeprune rows keep interfaces between components until a step's target is out of
+  reach without cutting them (tune's default ``--flow-policy last``; ``joint`` on digits-resnet, whose components
+  are stages of one CNN; the fashion tasks' networks are one component each, so they have no interface);
 - ``tp-local``: the same ratio in every group, Torch-Pruning's L2 group magnitude (local pruning);
 - ``tp-global``: one global ranking of blocks by that magnitude (Torch-Pruning's global pruning);
 - ``tp-taylor``: one global ranking by first-order Taylor importance;
@@ -58,6 +61,7 @@ from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
 from edgeprune.loop import TuneSettings, tune
 from edgeprune.loop.loop import OPENED, UNTUNED
+from edgeprune.planners import DEFAULT_STRATEGY
 from edgeprune.runtimes import get_runtime
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +71,8 @@ FINAL_FINETUNE = {task: 4 * steps for task, steps in FINETUNE.items()}
 """Fine-tune steps on the final widths, after the last pruning step (``--final-finetune-steps``): kept only where
 the metric does not get worse, and counted in the method's fine-tune steps."""
 FLOW_POLICY = {"digits-resnet": "joint"}  # see the module docstring
-LOOP = ["edgeprune", "tp-local", "tp-global", "tp-taylor", "halp"]
+EDGEPRUNE = {"edgeprune": DEFAULT_STRATEGY, "knapsack": "knapsack"}  # method -> strategy
+LOOP = [*EDGEPRUNE, "tp-local", "tp-global", "tp-taylor", "halp"]
 ONE_SHOT = {"tp-global one-shot": True, "tp-local one-shot": False}  # method -> global pruning
 TARGET = "cpu"
 
@@ -77,9 +82,9 @@ def macs_of(model: nn.Module, task: Task) -> int:
 
 
 def loop_run(task: Task, method: str, budget: str, work: Path, seed: int) -> dict[str, object]:
-    """One tune run of ``method`` (a strategy name, ``edgeprune`` being the knapsack)."""
-    strategy = "knapsack" if method == "edgeprune" else method
-    flow_policy = FLOW_POLICY.get(task.name, TuneSettings().flow_policy) if method == "edgeprune" else "joint"
+    """One tune run of ``method`` (a strategy name, ``edgeprune`` being tune's default)."""
+    strategy = EDGEPRUNE.get(method, method)
+    flow_policy = FLOW_POLICY.get(task.name, TuneSettings().flow_policy) if method in EDGEPRUNE else "joint"
     settings = TuneSettings(task=task.name, target=TARGET, latency_budget=budget, strategy=strategy,
                             finetune_steps=FINETUNE[task.name], final_finetune_steps=FINAL_FINETUNE[task.name],
                             flow_policy=flow_policy, seed=seed)

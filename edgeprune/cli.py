@@ -129,7 +129,7 @@ def tune(
     component_ratio: Annotated[list[str] | None, typer.Option(
         help="NAME=R, repeatable: remove at most the fraction R of that component's channels")] = None,
     component_share: Annotated[list[str] | None, typer.Option(
-        help="NAME=S, repeatable (knapsack): that component may take at most the share S of the latency budget")] = None,
+        help="NAME=S, repeatable (select, knapsack): that component may take at most the share S of the latency budget")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run of the same settings")] = False,
 ) -> None:
     """Prune TASK for TARGET until both budgets hold; write plan, weights, ONNX, profile, manifest and report."""

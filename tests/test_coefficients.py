@@ -416,3 +416,41 @@ def test_latency_baselines_size_their_cut_on_the_cost_model(two_part, strategy: 
         assert kept["encoder.3"] == 64
     with pytest.raises(PlannerError, match="out of reach"):
         get_planner(strategy).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(0.5))
+
+
+def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
+    """``select`` plans the knapsack and the Taylor and L2 rankings against one latency target and keeps the one whose
+    cut the task's loss rises least from on held-out batches: that planner's own plan, in time by the cost model (here
+    the Taylor ranking's, which keeps more of decoder.1 than the knapsack). A target only the knapsack reaches (best
+    effort, at the bounds) is the knapsack's; a task without a loss gets the knapsack's cut, and a note says why."""
+    from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, loss_rise, loss_terms
+
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+    stream = task.batches(HELD_OUT)  # the step's seed is 0
+    batches = [next(stream) for _ in range(LOSS_BATCHES)]
+    reference = loss_terms(task.loss, two_part, batches)
+    chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(2.6))
+    alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(2.6))
+             for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"))}
+    rise = {label: loss_rise(loss_terms(task.loss, p.model, batches), reference) for label, p in alone.items()}
+    best = min(rise, key=rise.__getitem__)
+    assert best != "knapsack" and alone["knapsack"].plan.kept("decoder.1") < alone[best].plan.kept("decoder.1")
+    assert chosen.planner == "select" and chosen.plan.groups == alone[best].plan.groups
+    assert f"kept the {best} cut" in chosen.notes[-1]
+    assert chosen.predicted_ms is not None and chosen.predicted_ms <= 2.6
+    _same_outputs(task, chosen.model, chosen.plan)
+    # a ranking that leaves the encoder over its share of the target is no candidate
+    assert cost.component_ms(alone[best].plan)["encoder"] > 0.5 * 2.6
+    shared = get_planner("select").propose(_context(task, two_part, plan, cost=cost, component_shares={"encoder": 0.5}),
+                                           LatencyTarget(2.6))
+    assert cost.component_ms(shared.plan)["encoder"] <= 0.5 * 2.6 + 1e-9
+    assert "(knapsack)" in shared.notes[-1] and "(taylor)" not in shared.notes[-1]
+    far = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(1.0, best_effort=True))
+    at_bounds = get_planner("knapsack").propose(_context(task, two_part, plan, cost=cost),
+                                                LatencyTarget(1.0, best_effort=True))
+    assert far.plan.groups == at_bounds.plan.groups and "kept the knapsack cut" in far.notes[-1]
+    assert any("out of reach" in note for note in far.notes)
+    without_loss = get_planner("select").propose(_context(_distil_task(two_part, with_loss=False), two_part, plan,
+                                                          cost=cost), LatencyTarget(2.6))
+    assert "no loss/batches to choose by" in without_loss.notes[-1]

@@ -211,18 +211,19 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return root
 
 
-def test_the_default_knapsack_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
-                                                                                 shared_profiles: Path) -> None:
+def test_the_default_select_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
+                                                                               shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
                             metric_budget="psnr>=15", step=0.2, finetune_steps=20)
-    assert settings.strategy == "knapsack" and "default: knapsack" in CliRunner().invoke(app, ["tune", "--help"]).stdout
-    result = tune(settings, tmp_path / "knapsack")
+    assert settings.strategy == "select" and "default: select" in CliRunner().invoke(app, ["tune", "--help"]).stdout
+    result = tune(settings, tmp_path / "select")
     assert result.status == "met", result.reason
     manifest = result.manifest
     cost = manifest.cost_model
     assert Path(cost.path).is_file() and Path(cost.path).is_relative_to(shared_profiles)
     accepted = [s for s in manifest.steps if s.status == "accepted"]
-    assert accepted and all(s.search["strategy"] == "knapsack" for s in accepted)
+    assert accepted and all(s.search["strategy"] == "select" for s in accepted)
+    assert all(any(n.startswith("kept the ") for n in s.search["notes"]) for s in accepted if s.search)
     # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
     # model's own points: dense + 3 calibration plans; then this run's dense and its steps)
     assert all(s.search["predicted_ms"] > 0 for s in accepted)

@@ -38,8 +38,9 @@ class TuneSettings(BaseModel):
     seed: int = 0
     strategy: str = Field(
         DEFAULT_STRATEGY, description="the planner that chooses each step's channels (a name in "
-                                      "edgeprune.planners.PLANNERS): by default the latency knapsack on the target's "
-                                      "measured cost model; uniform magnitude, one global ranking, grid search on the "
+                                      "edgeprune.planners.PLANNERS): by default the latency knapsack and two rankings "
+                                      "sized on the target's measured cost model, the task's loss choosing; the "
+                                      "knapsack alone, uniform magnitude, one global ranking, grid search on the "
                                       "metric, gradient descent, or a baseline")
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
                                                           "gradient: relative tolerance around its latency target")
@@ -53,7 +54,7 @@ class TuneSettings(BaseModel):
     component_ratios: dict[str, float] | None = Field(
         None, description="component -> largest fraction of its groups' channels to remove (per-component budget)")
     component_shares: dict[str, float] | None = Field(
-        None, description="knapsack: component -> largest share of the latency budget its layers may take")
+        None, description="select, knapsack: component -> largest share of the latency budget its layers may take")
 
     @property
     def plans_latency(self) -> bool:
@@ -77,8 +78,9 @@ class TuneSettings(BaseModel):
 
     @model_validator(mode="after")
     def _shares_need_knapsack(self) -> TuneSettings:
-        if self.component_shares and self.strategy != "knapsack":
-            raise ValueError("component shares of the latency budget need the latency planner: --strategy knapsack")
+        if self.component_shares and self.strategy not in ("select", "knapsack"):
+            raise ValueError("component shares of the latency budget need a planner that keeps them: --strategy "
+                             "select or knapsack")
         return self
 
     @field_validator("component_ratios")

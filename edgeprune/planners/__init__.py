@@ -2,7 +2,7 @@
 registers itself; adding one is a file here and its import line below (the order is the order ``--help`` lists)."""
 
 # isort: off
-from edgeprune.planners import uniform, global_rank, grid, gradient, knapsack, baselines  # noqa: F401  (each registers itself)
+from edgeprune.planners import uniform, global_rank, grid, gradient, knapsack, baselines, select  # noqa: F401  (each registers itself)
 # isort: on
 from edgeprune.planners.base import (
                                      PLANNERS,
@@ -20,8 +20,9 @@ from edgeprune.planners.gradient import GradientSettings
 from edgeprune.planners.grid import GridSettings
 from edgeprune.planners.space import policy_sparsity
 
-#: What ``edgeprune tune`` plans with unless told otherwise: the latency knapsack on the target's measured cost model
-DEFAULT_STRATEGY = "knapsack"
+#: What ``edgeprune tune`` plans with unless told otherwise: the latency knapsack and two rankings sized on the
+#: target's measured cost model, the cut the task's loss suffers least from kept (see bench/results/latency_budget.md)
+DEFAULT_STRATEGY = "select"
 
 __all__ = ["DEFAULT_STRATEGY", "PLANNERS", "GradientSettings", "GridSettings", "LatencyTarget", "Planner", "PlannerError", "Proposal",
            "SparsityTarget", "StepContext", "StepTarget", "get_planner", "plans_latency", "policy_sparsity"]

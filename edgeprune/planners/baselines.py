@@ -40,7 +40,7 @@ from edgeprune.prune.importance import GroupMagnitude, Importance, TaylorImporta
 BISECTIONS = 20
 
 
-def _space(context: StepContext, importance: Importance) -> tuple[SearchSpace, CostModel]:
+def group_space(context: StepContext, importance: Importance) -> tuple[SearchSpace, CostModel]:
     """The step's groups, each its own cluster, ranked by ``importance`` (on the step's batches)."""
     if context.cost is None:
         raise PlannerError("a latency baseline needs the target's cost model in the step's context")
@@ -49,7 +49,8 @@ def _space(context: StepContext, importance: Importance) -> tuple[SearchSpace, C
     return space, context.cost
 
 
-def _taylor(context: StepContext) -> TaylorImportance:
+def taylor(context: StepContext) -> TaylorImportance:
+    """Torch-Pruning's Taylor importance on the task's loss and the step's seed."""
     task = context.task
     if task.loss is None or task.batches is None:
         raise PlannerError(f"Taylor importance needs a loss and batches; task {task.name!r} has none")
@@ -128,7 +129,7 @@ class _LatencyBaseline(abc.ABC):
     def propose(self, context: StepContext, target: StepTarget) -> Proposal:
         check_target(self, target)
         assert isinstance(target, LatencyTarget)
-        space, cost = _space(context, self.importance(context))
+        space, cost = group_space(context, self.importance(context))
         return space.propose(self.name, target, self.search(context, space, cost, target))
 
 
@@ -162,7 +163,7 @@ class TpTaylorPlanner(TpGlobalPlanner):
     summary: ClassVar[str] = "baseline: one first-order Taylor ranking of blocks, removed until in time"
 
     def importance(self, context: StepContext) -> Importance:
-        return _taylor(context)
+        return taylor(context)
 
 
 @register
@@ -171,7 +172,7 @@ class HalpPlanner(_LatencyBaseline):
     summary: ClassVar[str] = "baseline: least Taylor importance lost per predicted ms saved, no components (HALP)"
 
     def importance(self, context: StepContext) -> Importance:
-        return _taylor(context)
+        return taylor(context)
 
     def search(self, context: StepContext, space: SearchSpace, cost: CostModel, target: LatencyTarget) -> Search:
         return fill(dataclasses.replace(context, component_shares={}), space, target)
