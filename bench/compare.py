@@ -98,8 +98,8 @@ MARGINS_LEGEND = ("Margin: edgeprune's median metric minus that of the best base
 def margins_table(latency: pd.DataFrame, ours: str = "edgeprune", own: tuple[str, ...] = ("knapsack",)
                   ) -> tuple[list[str], list[list[str]]]:
     """Per task and latency budget: ``ours`` against the best baseline (a method not in ``own``, edgeprune's other
-    strategies) that meets both budgets (in most of its runs), by median metric — what the issue's "metric ≥ every baseline that also meets" asks, with the run-to-run
-    spread that says whether a margin means anything."""
+    strategies) that meets both budgets (in most of its runs), by median metric — what the issue's "metric ≥ every
+    baseline that also meets" asks, with the run-to-run spread that says whether a margin means anything."""
     frame = _verdicts(latency)
     rows = []
     for (task, budget), cell in frame.groupby(["task", "budget"], sort=False):

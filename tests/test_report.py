@@ -286,9 +286,9 @@ def test_a_row_run_with_several_seeds_shows_the_verdict_most_reached_and_the_med
 
 
 def test_margins_compare_medians_with_the_best_baseline_that_meets() -> None:
-    """The margin is edgeprune's median minus the best median among the baselines that met in most runs (a
-    method that mostly broke a budget is no comparison; edgeprune's own knapsack is no baseline), signed so that positive favours edgeprune also where lower
-    is better; the spread is edgeprune's own range over its seeds."""
+    """The margin is edgeprune's median minus the best median among the baselines that met in most runs (a method
+    that mostly broke a budget is no comparison; edgeprune's own knapsack is no baseline), signed so that positive
+    favours edgeprune also where lower is better; the spread is edgeprune's own range over its seeds."""
     import pandas as pd
 
     compare = load_compare()

@@ -442,14 +442,16 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
     does not; every step records the fine-tune steps it spent."""
     spec = tmp_path / "slow.py"
     spec.write_text(SLOW_TO_MEND)
-    settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.7x", finetune_steps=5,
+    # 0.5x: the short steps (0.2, then at most 0.2 + MAX_STEP of the dense latency) stay far enough above the budget
+    # that no measurement's noise lands them in it
+    settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=5,
                             final_finetune_steps=60, step=0.2, metric_budget="psnr>=12")
     result = tune(settings, tmp_path / "run")
     assert result.status == "met", result.reason
     steps = result.manifest.steps[1:]
     accepted = [s for s in steps if s.status == "accepted"]
     last = accepted[-1]
-    aimed = 1.0 - 0.7 * 1.02  # aimed at the budget: 1 - 0.7 of the dense latency, within the tolerance epsilon
+    aimed = 1.0 - 0.5 * 1.02  # aimed at the budget: 1 - 0.5 of the dense latency, within the tolerance epsilon
     assert last.ratio >= aimed - 1e-9
     assert last.note.startswith("final fine-tune before judging") and last.finetune_steps == 65
     assert last.metrics["psnr"] >= 12 and result.manifest.pruned.index == last.index == steps[-1].index

@@ -299,10 +299,12 @@ class Loop:
                 # planned to be faster, measured no faster: the runtime's kernels for this combination of widths
                 # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
-                # ramp goes on past it (a smaller step would plan the same widths again, a larger one others).
+                # ramp goes on past it (a smaller step would plan the same widths again, a larger one others) —
+                # and a step aimed at the budget, which cannot go past it, aims at least a tolerance lower next.
+                lower = {"local": max(s.local * (1.0 + self.settings.epsilon), measured / cost.predict_ms(proposal.plan))}
                 return self.roll_back(s, record, noted(f"measured {measured:.4g} ms, no faster than step "
                                                        f"{s.best}'s {s.best_step.latency_ms:.4g} ms"), t0,
-                                      ratio=trial, cost=cost)
+                                      ratio=trial, cost=cost, **(lower if self.aims_at_budget(trial) else {}))
             local = measured / cost.predict_ms(proposal.plan)
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
@@ -417,7 +419,8 @@ class Loop:
 
     def only_rejected_plans_left(self, s: LoopState, digest: str) -> Outcome | None:
         """The model already came from a step aimed at the budget itself: every smaller step aims there again and
-        plans the same (deterministic) cut that was rolled back — for the reason its step records."""
+        plans the same (deterministic) cut that was rolled back — for the reason its step records (a cut that measured
+        no faster moved the aim lower first, and the planner had no other cut to offer)."""
         if not self.aims_at_budget(s.ratio):
             return None
         rejected = next(r for r in reversed(s.steps) if r.plan_digest == digest)

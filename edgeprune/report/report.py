@@ -144,8 +144,8 @@ def slowest_layers(dense: pd.DataFrame, pruned: pd.DataFrame, top: int = SLOWEST
 def find_cost_model(manifest: Manifest, store: Path | None = None) -> tuple[CostModel | None, str]:
     """The cost model to draw and a sentence on where it comes from — or None and a sentence on why there is none.
 
-    A latency-planning run's own cost model (recalibrated as the run left it); otherwise a cost model stored for the same
-    dense weights and target settings (``store``, default $EDGEPRUNE_PROFILES or ./profiles), clearly marked as
+    A latency-planning run's own cost model (recalibrated as the run left it); otherwise a cost model stored for the
+    same dense weights and target settings (``store``, default $EDGEPRUNE_PROFILES or ./profiles), clearly marked as
     not used by the run.
     """
     from edgeprune.measure.cost import CostModel, CostModelError
