@@ -442,21 +442,22 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
     does not; every step records the fine-tune steps it spent."""
     spec = tmp_path / "slow.py"
     spec.write_text(SLOW_TO_MEND)
-    # 0.5x: the short steps (0.2, then at most 0.2 + MAX_STEP of the dense latency) stay far enough above the budget
-    # that no measurement's noise lands them in it
+    # a tolerance of 0.25: a step aims at the budget from 1 - 0.5 * 1.25 of the dense latency on, so a step short of
+    # it (the first, 0.2) would need a measurement 28 % off its target to land in the budget (a 2-core CI machine's
+    # noise put a step aimed 4-6 % short of the budget in it)
     settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=5,
-                            final_finetune_steps=60, step=0.2, metric_budget="psnr>=12")
+                            final_finetune_steps=60, step=0.2, epsilon=0.25, metric_budget="psnr>=12")
     result = tune(settings, tmp_path / "run")
     assert result.status == "met", result.reason
     steps = result.manifest.steps[1:]
     accepted = [s for s in steps if s.status == "accepted"]
     last = accepted[-1]
-    aimed = 1.0 - 0.5 * 1.02  # aimed at the budget: 1 - 0.5 of the dense latency, within the tolerance epsilon
+    aimed = 1.0 - 0.5 * 1.25  # aimed at the budget: 1 - 0.5 of the dense latency, within the tolerance epsilon
     assert last.ratio >= aimed - 1e-9
     assert last.note.startswith("final fine-tune before judging") and last.finetune_steps == 65
     assert last.metrics["psnr"] >= 12 and result.manifest.pruned.index == last.index == steps[-1].index
     short = [s for s in steps if s.ratio < aimed - 1e-9]
-    assert short and all(UNTUNED in s.note and s.finetune_steps == 5 for s in short)
+    assert short[0] is steps[0] and all(UNTUNED in s.note and s.finetune_steps == 5 for s in short)
 
 
 def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:
