@@ -420,16 +420,16 @@ def make():
     """The digits autoencoder, but a short fine-tune zeroes every weight (the PSNR breaks) and a long one restores
     them: only the final fine-tune mends what the per-step one breaks."""
     task = digits_autoencoder()
-    saved = {}
+    saved = {}  # id(model) -> its weights before its short fine-tune
 
     def finetune(model, steps):
         with torch.no_grad():
             if steps < 50:
-                saved.update({k: v.clone() for k, v in model.state_dict().items()})
+                saved[id(model)] = {k: v.clone() for k, v in model.state_dict().items()}
                 for p in model.parameters():
                     p.zero_()
-            else:
-                model.load_state_dict(saved)
+            elif id(model) in saved:
+                model.load_state_dict(saved[id(model)])
 
     return dataclasses.replace(task, finetune=finetune)
 '''
@@ -439,25 +439,29 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
                                                                             shared_profiles: Path) -> None:
     """A step aimed at the budget would get the final fine-tune after it anyway: when the per-step fine-tune breaks
     the metric, it gets the final one before it is judged (and not again after the loop). A step short of the budget
-    does not; every step records the fine-tune steps it spent."""
+    does not; every step records the fine-tune steps it spent. Usually the run ends on a step aimed at the budget; on
+    a noisy machine a short step can measure inside the budget, and then the final fine-tune comes after the loop,
+    once — either way, exactly one final fine-tune."""
     spec = tmp_path / "slow.py"
     spec.write_text(SLOW_TO_MEND)
-    # a tolerance of 0.25: a step aims at the budget from 1 - 0.5 * 1.25 of the dense latency on, so a step short of
-    # it (the first, 0.2) would need a measurement 28 % off its target to land in the budget (a 2-core CI machine's
-    # noise put a step aimed 4-6 % short of the budget in it)
     settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=5,
-                            final_finetune_steps=60, step=0.2, epsilon=0.25, metric_budget="psnr>=12")
+                            final_finetune_steps=60, step=0.2, metric_budget="psnr>=12")
     result = tune(settings, tmp_path / "run")
     assert result.status == "met", result.reason
     steps = result.manifest.steps[1:]
-    accepted = [s for s in steps if s.status == "accepted"]
-    last = accepted[-1]
-    aimed = 1.0 - 0.5 * 1.25  # aimed at the budget: 1 - 0.5 of the dense latency, within the tolerance epsilon
-    assert last.ratio >= aimed - 1e-9
-    assert last.note.startswith("final fine-tune before judging") and last.finetune_steps == 65
-    assert last.metrics["psnr"] >= 12 and result.manifest.pruned.index == last.index == steps[-1].index
-    short = [s for s in steps if s.ratio < aimed - 1e-9]
+    aimed = 1.0 - 0.5 * 1.02  # aimed at the budget: 1 - 0.5 of the dense latency, within the tolerance epsilon
+    accepted = [s for s in steps if s.status == "accepted" and s.search]  # not the final fine-tune's own record
+    short = [s for s in accepted if s.ratio < aimed - 1e-9]
     assert short[0] is steps[0] and all(UNTUNED in s.note and s.finetune_steps == 5 for s in short)
+    at_budget = [s for s in accepted if s.ratio >= aimed - 1e-9]
+    assert all(s.note.startswith("final fine-tune before judging") and s.finetune_steps == 65 for s in at_budget)
+    after_loop = [s for s in steps if s.status == "accepted" and not s.search]
+    last = accepted[-1]
+    if last in at_budget:  # the usual ending
+        assert not after_loop and result.manifest.pruned.index == last.index == steps[-1].index
+    else:  # a short step measured inside the budget
+        assert after_loop == [steps[-1]] and steps[-1].finetune_steps == 60
+    assert result.manifest.pruned.metrics["psnr"] >= 12
 
 
 def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:
