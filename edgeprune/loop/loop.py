@@ -295,17 +295,18 @@ class Loop:
             # every measurement joins the calibration, and sets the local correction: the next plan aims at
             # budget / (measured / predicted) of this one
             cost = cost.calibrated([*cost.calibration.points, (cost.raw_ms(proposal.plan), measured)])
+            off = measured / cost.predict_ms(proposal.plan)
             if measured >= s.best_step.latency_ms:
                 # planned to be faster, measured no faster: the runtime's kernels for this combination of widths
                 # (one cut at a time, the cost model cannot see them). Its point stays in the calibration, but it
                 # must not steer the next plan, and nothing is built on a slower model. The metric held, so the
                 # ramp goes on past it (a smaller step would plan the same widths again, a larger one others) —
                 # and a step aimed at the budget, which cannot go past it, aims at least a tolerance lower next.
-                lower = {"local": max(s.local * (1.0 + self.settings.epsilon), measured / cost.predict_ms(proposal.plan))}
+                lower = {"local": max(s.local * (1.0 + self.settings.epsilon), off)} if self.aims_at_budget(trial) else {}
                 return self.roll_back(s, record, noted(f"measured {measured:.4g} ms, no faster than step "
                                                        f"{s.best}'s {s.best_step.latency_ms:.4g} ms"), t0,
-                                      ratio=trial, cost=cost, **(lower if self.aims_at_budget(trial) else {}))
-            local = measured / cost.predict_ms(proposal.plan)
+                                      ratio=trial, cost=cost, **lower)
+            local = off
         record.macs, record.params = self.count(candidate)
         record.seconds = time.perf_counter() - t0
         self.log(f"step {record.index}: ratio {trial:.3g} accepted, {self.metric_budget.metric}={value:.4g}, "
