@@ -418,33 +418,66 @@ def test_latency_baselines_size_their_cut_on_the_cost_model(two_part, strategy: 
         get_planner(strategy).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(0.5))
 
 
+def test_select_scores_a_cut_with_its_batchnorm_statistics_re_estimated(two_part) -> None:
+    """The re-estimate is the plain average of each BatchNorm's batch statistics over the loss's forward passes, on a
+    copy: the model itself keeps its statistics, and a model without BatchNorm is scored as it is."""
+    from edgeprune.planners.select import recalibrated
+
+    task = _distil_task(two_part)
+    stream = task.batches(0)
+    batches = [next(stream) for _ in range(3)]
+    before = two_part.encoder[1].running_mean.clone()
+    fresh = recalibrated(two_part, task.loss, batches)
+    with torch.no_grad():
+        means = torch.stack([two_part.encoder[0](b).mean(dim=(0, 2, 3)) for b in batches]).mean(dim=0)
+    assert torch.allclose(fresh.encoder[1].running_mean, means, atol=1e-6)
+    assert torch.equal(two_part.encoder[1].running_mean, before) and not fresh.training
+    assert not torch.allclose(before, means, atol=1e-2)  # the fixture's statistics are not these inputs'
+    plain = nn.Sequential(nn.Linear(4, 4))
+    assert recalibrated(plain, lambda m, b: m(b).sum(), [torch.ones(2, 4)]) is plain
+
+
 def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
-    """``select`` plans the knapsack and the Taylor and L2 rankings against one latency target and keeps the one whose
-    cut the task's loss rises least from on held-out batches: that planner's own plan, in time by the cost model (here
-    the Taylor ranking's, which keeps more of decoder.1 than the knapsack). A target only the knapsack reaches (best
-    effort, at the bounds) is the knapsack's; a task without a loss gets the knapsack's cut, and a note says why."""
-    from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, loss_rise, loss_terms
+    """``select`` plans the knapsack, the Taylor and L2 rankings and the uniform ratio against one latency target and
+    keeps the one whose cut the task's loss rises least from on held-out batches, its BatchNorm statistics
+    re-estimated on the step's batches first: that planner's own plan, in time by the cost model, with its own
+    statistics (the re-estimate only scores). A target only the knapsack reaches (best effort, at the bounds) is the
+    knapsack's; a task without a loss gets the knapsack's cut, and a note says why."""
+    from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, loss_rise, loss_terms, recalibrated
 
     task, cost = _distil_task(two_part), _hand_cost()
     plan = _dense_plan(task, two_part)
-    stream = task.batches(HELD_OUT)  # the step's seed is 0
-    batches = [next(stream) for _ in range(LOSS_BATCHES)]
-    reference = loss_terms(task.loss, two_part, batches)
-    chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(2.6))
-    alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(2.6))
-             for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"))}
-    rise = {label: loss_rise(loss_terms(task.loss, p.model, batches), reference) for label, p in alone.items()}
-    best = min(rise, key=rise.__getitem__)
-    assert best != "knapsack" and alone["knapsack"].plan.kept("decoder.1") < alone[best].plan.kept("decoder.1")
-    assert chosen.planner == "select" and chosen.plan.groups == alone[best].plan.groups
-    assert f"kept the {best} cut" in chosen.notes[-1]
-    assert chosen.predicted_ms is not None and chosen.predicted_ms <= 2.6
-    _same_outputs(task, chosen.model, chosen.plan)
+    stream, own = task.batches(HELD_OUT), task.batches(0)  # the step's seed is 0
+    held_out, calibration = ([next(s) for _ in range(LOSS_BATCHES)] for s in (stream, own))
+    reference = loss_terms(task.loss, two_part, held_out)
+
+    def rises(alone: dict[str, Proposal], recalibrate: bool = True) -> dict[str, float]:
+        return {label: loss_rise(loss_terms(task.loss, recalibrated(p.model, task.loss, calibration) if recalibrate
+                                            else p.model, held_out), reference) for label, p in alone.items()}
+
+    for ms in (3.0, 2.6):
+        chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
+        alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
+                 for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"),
+                                     ("uniform", "tp-local"))}
+        rise = rises(alone)
+        best = min(rise, key=rise.__getitem__)
+        assert chosen.planner == "select" and chosen.plan.groups == alone[best].plan.groups
+        assert f"kept the {best} cut" in chosen.notes[-1] and "BatchNorm statistics re-estimated" in chosen.notes[-1]
+        assert chosen.predicted_ms is not None and chosen.predicted_ms <= ms
+        _same_outputs(task, chosen.model, chosen.plan)
+        assert torch.equal(chosen.model.encoder[1].running_mean, alone[best].model.encoder[1].running_mean)
+        if ms == 3.0:  # not the knapsack's: it keeps less of decoder.1 than the Taylor ranking
+            assert best == "taylor" and alone["knapsack"].plan.kept("decoder.1") < alone[best].plan.kept("decoder.1")
+            taylor = alone[best]
+        else:  # the re-estimate decides: with the fixture's statistics the Taylor ranking's cut would score best
+            plain = rises(alone, recalibrate=False)
+            assert best == "knapsack" and min(plain, key=plain.__getitem__) == "taylor"
     # a ranking that leaves the encoder over its share of the target is no candidate
-    assert cost.component_ms(alone[best].plan)["encoder"] > 0.5 * 2.6
-    shared = get_planner("select").propose(_context(task, two_part, plan, cost=cost, component_shares={"encoder": 0.5}),
-                                           LatencyTarget(2.6))
-    assert cost.component_ms(shared.plan)["encoder"] <= 0.5 * 2.6 + 1e-9
+    assert cost.component_ms(taylor.plan)["encoder"] > 0.4 * 3.0
+    shared = get_planner("select").propose(_context(task, two_part, plan, cost=cost, component_shares={"encoder": 0.4}),
+                                           LatencyTarget(3.0))
+    assert cost.component_ms(shared.plan)["encoder"] <= 0.4 * 3.0 + 1e-9
     assert "(knapsack)" in shared.notes[-1] and "(taylor)" not in shared.notes[-1]
     far = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(1.0, best_effort=True))
     at_bounds = get_planner("knapsack").propose(_context(task, two_part, plan, cost=cost),

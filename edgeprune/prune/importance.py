@@ -19,6 +19,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune.core.modes import evaluating
 from edgeprune.core.task import Task
 from edgeprune.prune.graph import ComponentGraph, GraphError, component_of
 from edgeprune.prune.masks import channel_masks, frozen
@@ -108,25 +109,20 @@ def mask_sensitivity(graph: ComponentGraph, keys: Sequence[str], loss: Loss, bat
     model = graph.model
     masks = {k: torch.ones(graph.groups[k].width, requires_grad=True) for k in keys}
     total: dict[str, dict[str, torch.Tensor]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen(model), channel_masks(graph, masks), torch.enable_grad():
-            for _ in range(n_batches):
-                value = loss(model, next(batches))
-                terms = [(n, t) for n, t in (value.items() if isinstance(value, Mapping) else [("loss", value)])
-                         if t.requires_grad]  # a term no mask reaches says nothing
-                for i, (name, term) in enumerate(terms):
-                    grads = torch.autograd.grad(term, [masks[k] for k in keys], allow_unused=True,
-                                                retain_graph=i < len(terms) - 1)
-                    if name not in total:
-                        total[name] = {k: torch.zeros(graph.groups[k].width) for k in keys}
-                    acc = total[name]
-                    for k, g in zip(keys, grads, strict=True):
-                        if g is not None:
-                            acc[k] += g.detach() ** 2
-    finally:
-        model.train(was_training)
+    with evaluating(model), frozen(model), channel_masks(graph, masks), torch.enable_grad():
+        for _ in range(n_batches):
+            value = loss(model, next(batches))
+            terms = [(n, t) for n, t in (value.items() if isinstance(value, Mapping) else [("loss", value)])
+                     if t.requires_grad]  # a term no mask reaches says nothing
+            for i, (name, term) in enumerate(terms):
+                grads = torch.autograd.grad(term, [masks[k] for k in keys], allow_unused=True,
+                                            retain_graph=i < len(terms) - 1)
+                if name not in total:
+                    total[name] = {k: torch.zeros(graph.groups[k].width) for k in keys}
+                acc = total[name]
+                for k, g in zip(keys, grads, strict=True):
+                    if g is not None:
+                        acc[k] += g.detach() ** 2
     return {name: {k: (v / max(n_batches, 1)).sqrt() for k, v in acc.items()} for name, acc in total.items()}
 
 
@@ -285,18 +281,17 @@ class TaylorImportance:
             return {}
         stream = batches if batches is not None else self.batches(self.seed)
         model = graph.model
-        was_training = model.training
-        model.eval()  # BatchNorm keeps its running statistics, as the loop's other importances measure
         model.zero_grad(set_to_none=True)
-        try:
-            with torch.enable_grad():
-                for _ in range(self.n_batches):
-                    self.loss(model, next(stream)).backward()
-            importance = tp.importance.GroupTaylorImportance()
-            return {key: importance(graph.pruning_group(key)).detach() for key in keys}
-        finally:
-            model.zero_grad(set_to_none=True)
-            model.train(was_training)
+        # BatchNorm keeps its running statistics, as the loop's other importances measure
+        with evaluating(model):
+            try:
+                with torch.enable_grad():
+                    for _ in range(self.n_batches):
+                        self.loss(model, next(stream)).backward()
+                importance = tp.importance.GroupTaylorImportance()
+                return {key: importance(graph.pruning_group(key)).detach() for key in keys}
+            finally:
+                model.zero_grad(set_to_none=True)
 
     def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
         return self.scores(graph, [key])[key]

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.core.modes import evaluating
 from edgeprune.core.task import Task, TaskError
 from edgeprune.zoo import CHECKPOINTS, fit
 
@@ -213,14 +214,9 @@ FASHION = Variant(
 # -- shared training and evaluation ------------------------------------------------------------------------------
 def evaluate_images(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Mean per-image PSNR (dB, data range 1) and pixel MSE; in eval mode, restoring the caller's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            errors = torch.cat([((model(chunk) - chunk) ** 2).flatten(1).mean(1)
-                                for chunk in images.split(EVAL_BATCH)]).double()
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.inference_mode():
+        errors = torch.cat([((model(chunk) - chunk) ** 2).flatten(1).mean(1)
+                            for chunk in images.split(EVAL_BATCH)]).double()
     psnr = (-10.0 * torch.log10(errors.clamp_min(1e-12))).mean()
     return {"psnr": float(psnr), "mse": float(errors.mean())}
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from edgeprune.core.modes import evaluating
 from edgeprune.core.task import Task
 from edgeprune.zoo import CHECKPOINTS, single_thread
 
@@ -198,13 +199,10 @@ def evaluate(model: nn.Module, seeds: tuple[int, ...] = EVAL_SEEDS) -> dict[str,
     """
     if not isinstance(model, PendulumAgent):  # the planner also calls encoder, dynamics and pi directly
         raise TypeError(f"pendulum-agent's evaluate needs a PendulumAgent, got {type(model).__name__}")
-    was_training = model.training
-    model.eval()
     cfg = PlannerConfig()
-    with single_thread(), torch.inference_mode():
+    with evaluating(model), single_thread(), torch.inference_mode():
         planned = _run_episodes(model, seeds, plan=True, cfg=cfg)
         policy = _run_episodes(model, seeds, plan=False, cfg=cfg)
-    model.train(was_training)
     return {
         "return": float(planned.mean()),
         "return_min": float(planned.min()),

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune.core.modes import evaluating
 from edgeprune.core.task import Task, TaskError
 from edgeprune.zoo import CHECKPOINTS, fit, single_thread
 from edgeprune.zoo.autoencoder import SPLIT_SEED, digits_images
@@ -179,13 +180,8 @@ def held_out_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                      prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> dict[str, float]:
     """Accuracy and mean cross-entropy of a classifier on held-out ``images`` (each chunk through ``prepare`` first),
     in eval mode (the caller's mode is restored); deterministic."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), single_thread():
-            logits = torch.cat([model(prepare(chunk)) for chunk in images.split(batch)])
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.inference_mode(), single_thread():
+        logits = torch.cat([model(prepare(chunk)) for chunk in images.split(batch)])
     return {
         "accuracy": float((logits.argmax(1) == labels).double().mean()),
         "loss": float(F.cross_entropy(logits.double(), labels)),
