@@ -441,11 +441,14 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
     the metric, it gets the final one before it is judged (and not again after the loop). A step short of the budget
     does not; every step records the fine-tune steps it spent. Usually the run ends on a step aimed at the budget; on
     a noisy machine a short step can measure inside the budget, and then the final fine-tune comes after the loop,
-    once — either way, exactly one final fine-tune."""
+    once — either way, exactly one final fine-tune. The rule is the loop's, whatever the planner: the knapsack plans
+    here, whose cut does not depend on a score after a BatchNorm re-estimate that a step kept untuned never gets. The
+    metric budget lies above the zeroed model's PSNR (8.5 dB) and under the untuned cuts' (with psnr>=12, 2 of 6 runs
+    ended at the metric wall with cuts of 12.0–12.4 dB)."""
     spec = tmp_path / "slow.py"
     spec.write_text(SLOW_TO_MEND)
     settings = TuneSettings(task=f"{spec}:make", target=quick_target, latency_budget="0.5x", finetune_steps=5,
-                            final_finetune_steps=60, step=0.2, metric_budget="psnr>=12")
+                            final_finetune_steps=60, step=0.2, metric_budget="psnr>=10", strategy="knapsack")
     result = tune(settings, tmp_path / "run")
     assert result.status == "met", result.reason
     steps = result.manifest.steps[1:]
@@ -461,7 +464,7 @@ def test_the_step_aimed_at_the_budget_is_judged_after_the_final_fine_tune(tmp_pa
         assert not after_loop and result.manifest.pruned.index == last.index == steps[-1].index
     else:  # a short step measured inside the budget
         assert after_loop == [steps[-1]] and steps[-1].finetune_steps == 60
-    assert result.manifest.pruned.metrics["psnr"] >= 12
+    assert result.manifest.pruned.metrics["psnr"] >= 10
 
 
 def test_the_schedule_grows_with_headroom_and_shrinks_when_the_metric_strains() -> None:

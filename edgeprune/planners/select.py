@@ -122,8 +122,7 @@ class SelectPlanner:
             return dataclasses.replace(knapsack, planner=self.name, notes=(
                 *knapsack.notes, f"task {task.name!r} has no loss/batches to choose by: the knapsack's cut"))
         candidates = {"knapsack": knapsack, **self.candidates(context, target)}
-        stream, own = task.batches(context.seed + HELD_OUT), context.batches()
-        assert own is not None
+        stream, own = task.batches(context.seed + HELD_OUT), task.batches(context.seed)
         held_out = [next(stream) for _ in range(LOSS_BATCHES)]
         calibration = [next(own) for _ in range(LOSS_BATCHES)]
         reference = loss_terms(loss, context.model, held_out)
@@ -132,8 +131,8 @@ class SelectPlanner:
         kept = min(rise, key=rise.__getitem__)
         note = (f"kept the {kept} cut: the loss rises " + ", ".join(f"{v:.4g}× ({k})" for k, v in rise.items())
                 + f" over the uncut model's on {LOSS_BATCHES} held-out batches"
-                + (f", BatchNorm statistics re-estimated on {LOSS_BATCHES} of the step's" if running_norms(context.model)
-                   else ""))
+                + (f", each cut's BatchNorm statistics re-estimated on {LOSS_BATCHES} of the step's batches"
+                   if running_norms(context.model) else ""))
         chosen = candidates[kept]
         return dataclasses.replace(chosen, planner=self.name, notes=(*chosen.notes, note),
                                    search_s=time.perf_counter() - started)

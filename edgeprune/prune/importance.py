@@ -282,16 +282,14 @@ class TaylorImportance:
         stream = batches if batches is not None else self.batches(self.seed)
         model = graph.model
         model.zero_grad(set_to_none=True)
-        # BatchNorm keeps its running statistics, as the loop's other importances measure
-        with evaluating(model):
-            try:
-                with torch.enable_grad():
-                    for _ in range(self.n_batches):
-                        self.loss(model, next(stream)).backward()
-                importance = tp.importance.GroupTaylorImportance()
-                return {key: importance(graph.pruning_group(key)).detach() for key in keys}
-            finally:
-                model.zero_grad(set_to_none=True)
+        try:  # in eval mode: BatchNorm keeps its running statistics, as the loop's other importances measure
+            with evaluating(model), torch.enable_grad():
+                for _ in range(self.n_batches):
+                    self.loss(model, next(stream)).backward()
+            importance = tp.importance.GroupTaylorImportance()
+            return {key: importance(graph.pruning_group(key)).detach() for key in keys}
+        finally:
+            model.zero_grad(set_to_none=True)
 
     def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
         return self.scores(graph, [key])[key]
