@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import torch
 
+from edgeprune.core.modes import evaluating
 from edgeprune.measure.cost import CostModel, plan_counts
 from edgeprune.planners.base import (
     LatencyTarget,
@@ -200,46 +201,41 @@ def _gradient(space: SearchSpace, loss_fn: object, stream: Iterator[object], rho
     sparsities: list[float] = []
     predictions: list[float] = []
     scale = 1.0
-    was_training = model.training
-    model.eval()
-    try:
-        with frozen(model), channel_masks(graph, masks), torch.enable_grad():
-            for step in range(settings.steps):
-                tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** (step / (settings.steps - 1))
-                kept = kept_counts()
-                masks.update(_soft_masks(free, kept, blocks, granule, tau))
-                loss = loss_fn(model, next(stream))  # type: ignore[operator]
-                if step == 0:
-                    scale = max(abs(float(loss.detach())), 1e-12)
-                s = sparsity_of(kept)
-                if latency is None:
-                    penalty = torch.relu((s - rho).abs() - epsilon / 2) / epsilon
-                else:
-                    ms = latency.cost.torch_ms({**latency.base, **{g.key: k for g, k in zip(free, kept, strict=True)}})
-                    penalty = torch.relu((ms / latency.ms - 1).abs() - epsilon / 2) / epsilon
-                    predictions.append(float(ms.detach()))
-                total = loss / scale + settings.penalty * penalty**2
-                optimiser.zero_grad(set_to_none=True)
-                total.backward()
-                optimiser.step()
-                objective.append(float(total.detach()))
-                sparsities.append(float(s.detach()))
-            with torch.no_grad():
-                kept = kept_counts()
-            continuous = {g.key: float(k) for g, k in zip(free, kept, strict=True)}
-            rounded = {g.key: max(g.fewest, min(g.current, keep_count(g.dense, 1 - continuous[g.key] / g.dense,
-                                                                       granule))) for g in free}
+    with evaluating(model), frozen(model), channel_masks(graph, masks), torch.enable_grad():
+        for step in range(settings.steps):
+            tau = settings.tau_start * (settings.tau_end / settings.tau_start) ** (step / (settings.steps - 1))
+            kept = kept_counts()
+            masks.update(_soft_masks(free, kept, blocks, granule, tau))
+            loss = loss_fn(model, next(stream))  # type: ignore[operator]
+            if step == 0:
+                scale = max(abs(float(loss.detach())), 1e-12)
+            s = sparsity_of(kept)
             if latency is None:
-                keeps, notes = _repair(space, rounded, continuous, rho, epsilon)
+                penalty = torch.relu((s - rho).abs() - epsilon / 2) / epsilon
             else:
-                keeps, predicted, notes = _fit_latency(space, rounded, latency)
-            hard = torch.tensor([float(keeps[g.key]) for g in free])
-            masks.update(_soft_masks(free, hard, blocks, granule, None))
-            binary = all(bool(((m == 0) | (m == 1)).all()) for m in masks.values())
-            with torch.no_grad():
-                hard_objective = float(loss_fn(model, next(stream))) / scale  # type: ignore[operator]
-    finally:
-        model.train(was_training)
+                ms = latency.cost.torch_ms({**latency.base, **{g.key: k for g, k in zip(free, kept, strict=True)}})
+                penalty = torch.relu((ms / latency.ms - 1).abs() - epsilon / 2) / epsilon
+                predictions.append(float(ms.detach()))
+            total = loss / scale + settings.penalty * penalty**2
+            optimiser.zero_grad(set_to_none=True)
+            total.backward()
+            optimiser.step()
+            objective.append(float(total.detach()))
+            sparsities.append(float(s.detach()))
+        with torch.no_grad():
+            kept = kept_counts()
+        continuous = {g.key: float(k) for g, k in zip(free, kept, strict=True)}
+        rounded = {g.key: max(g.fewest, min(g.current, keep_count(g.dense, 1 - continuous[g.key] / g.dense,
+                                                                   granule))) for g in free}
+        if latency is None:
+            keeps, notes = _repair(space, rounded, continuous, rho, epsilon)
+        else:
+            keeps, predicted, notes = _fit_latency(space, rounded, latency)
+        hard = torch.tensor([float(keeps[g.key]) for g in free])
+        masks.update(_soft_masks(free, hard, blocks, granule, None))
+        binary = all(bool(((m == 0) | (m == 1)).all()) for m in masks.values())
+        with torch.no_grad():
+            hard_objective = float(loss_fn(model, next(stream))) / scale  # type: ignore[operator]
     if not binary:
         raise AssertionError("final masks are not exactly 0/1")
     search = Search(keeps, {g.key: 1 - continuous[g.key] / g.dense for g in free}, objective=tuple(objective),
