@@ -438,10 +438,10 @@ def test_select_scores_a_cut_with_its_batchnorm_statistics_re_estimated(two_part
 
 
 def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
-    """``select`` plans the knapsack, the Taylor and L2 rankings and the uniform ratio against one latency target and
-    keeps the one whose cut the task's loss rises least from on held-out batches, its BatchNorm statistics
-    re-estimated on the step's batches first: that planner's own plan, in time by the cost model, with its own
-    statistics (the re-estimate only scores). A target only the knapsack reaches (best effort, at the bounds) is the
+    """``select`` plans the knapsack and the Taylor and L2 rankings against one latency target and keeps the one whose
+    cut the task's loss rises least from on held-out batches, its BatchNorm statistics re-estimated on the step's
+    batches first: that planner's own plan, in time by the cost model, with its own statistics (the re-estimate only
+    scores). A target only the knapsack reaches (best effort, at the bounds) is the
     knapsack's; a task without a loss gets the knapsack's cut, and a note says why."""
     from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, loss_rise, loss_terms, recalibrated
 
@@ -458,8 +458,7 @@ def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
     for ms in (3.0, 2.6):
         chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
         alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
-                 for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"),
-                                     ("uniform", "tp-local"))}
+                 for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"))}
         rise = rises(alone)
         best = min(rise, key=rise.__getitem__)
         assert chosen.planner == "select" and chosen.plan.groups == alone[best].plan.groups

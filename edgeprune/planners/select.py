@@ -1,19 +1,22 @@
-"""``select``: the latency knapsack and three rankings aim at the same latency; the task's loss picks the cut.
+"""``select``: the latency knapsack and two global rankings aim at the same latency; the task's loss picks the cut.
 
 Which channel choice fine-tunes back best differs by task and by step, and no one rule wins the latency bench through
-the same loop: the same ratio in every group on the digits networks, a ranking by first-order Taylor importance on
-the pendulum agent; the per-millisecond knapsack loses metric to a plain ranking wherever the ranking reaches the
-target, and only it reaches the target where time sits in a few layers (MobileNetV2). So each step plans four
-candidates against the step's latency target on the measured cost model — the knapsack on the application
-importance (components, soft coefficients); Taylor and L2 global rankings cut until the cost model says in time; and
-the smallest uniform L2 ratio in time — and keeps the one whose cut model the task's loss rises least from, on
-held-out training batches, as EagleEye (Li et al. 2020) picks pruning candidates: after re-estimating each
-candidate's BatchNorm statistics on the step's batches (a cut shifts every later layer's activations, and the loss
-with the uncut model's statistics says more about that shift than about how well the cut fine-tunes back). The
-re-estimate only scores: the kept candidate goes on with its own statistics, so it spends no training beyond the
-loop's fine-tune. A candidate that cannot reach the target, or that breaks a component's share of it, is none; the
-knapsack always is (best effort), so ``select`` reaches as far as the knapsack does. A task without a loss gets the
-knapsack.
+the same loop: a ranking by first-order Taylor importance on the pendulum agent, by L2 magnitude on the digits
+networks; the per-millisecond knapsack loses metric to a plain ranking wherever the ranking reaches the target, and
+only it reaches the target where time sits in a few layers (MobileNetV2). So each step plans three candidates
+against the step's latency target on the measured cost model — the knapsack on the application importance
+(components, soft coefficients), and Taylor and L2 global rankings cut until the cost model says in time — and keeps
+the one whose cut model the task's loss rises least from, on held-out training batches, as EagleEye (Li et al. 2020)
+picks pruning candidates: after re-estimating each candidate's BatchNorm statistics on the step's batches (a cut
+shifts every later layer's activations, and the loss with the uncut model's statistics says more about that shift
+than about how well the cut fine-tunes back). The re-estimate only scores: the kept candidate goes on with its own
+statistics, so it spends no training beyond the loop's fine-tune. A ranking that cannot reach the target, or that
+breaks a component's share of it, is no candidate; the knapsack always is (best effort), so ``select`` reaches as far
+as the knapsack does. A task without a loss gets the knapsack.
+
+No uniform ratio among them: on seed 0 of the bench, select without it was level (within 0.07 dB) or better on every
+row where the uniform ratio was a fourth candidate (2026-12-02), and met MobileNetV2 0.35x, which select with it
+missed after keeping the uniform cut at near ties in its first two steps.
 """
 
 from __future__ import annotations
@@ -22,14 +25,12 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from edgeprune.core.modes import evaluating
-from edgeprune.measure.cost import CostModel
 from edgeprune.planners.base import (
     LatencyTarget,
     PlannerError,
@@ -39,29 +40,16 @@ from edgeprune.planners.base import (
     check_target,
     register,
 )
-from edgeprune.planners.baselines import group_space, ranked_until, taylor, uniform_until
+from edgeprune.planners.baselines import group_space, ranked_until, taylor
 from edgeprune.planners.knapsack import KnapsackPlanner
-from edgeprune.planners.space import Search, SearchSpace
 from edgeprune.prune.importance import GroupMagnitude, Importance, Loss
 
 #: Held-out batches each candidate's loss is measured on, and their stream's seed offset from the step's (the
 #: importance's batches, which also re-estimate the BatchNorm statistics, come from the step's own seed).
 LOSS_BATCHES, HELD_OUT = 8, 7919
 
-
-@dataclass(frozen=True)
-class Candidate:
-    """A channel choice besides the knapsack: the importance it ranks blocks by, and how it cuts them to a target."""
-
-    importance: Callable[[StepContext], Importance]
-    search: Callable[[StepContext, SearchSpace, CostModel, LatencyTarget], Search]
-
-
-CANDIDATES: dict[str, Candidate] = {
-    "taylor": Candidate(taylor, ranked_until),
-    "magnitude": Candidate(lambda _: GroupMagnitude(), ranked_until),
-    "uniform": Candidate(lambda _: GroupMagnitude(), uniform_until),
-}
+#: The rankings besides the knapsack: label -> the importance they rank blocks by.
+RANKINGS: dict[str, Callable[[StepContext], Importance]] = {"taylor": taylor, "magnitude": lambda _: GroupMagnitude()}
 
 
 def loss_terms(loss: Loss, model: nn.Module, batches: list[object]) -> dict[str, float]:
@@ -106,8 +94,8 @@ def recalibrated(model: nn.Module, loss: Loss, batches: list[object]) -> nn.Modu
 @register
 class SelectPlanner:
     name: ClassVar[str] = "select"
-    summary: ClassVar[str] = ("the knapsack, Taylor / L2 rankings and a uniform ratio aimed at one latency; the cut "
-                              "the task's loss rises least from")
+    summary: ClassVar[str] = ("the knapsack and Taylor / L2 rankings aimed at one latency; the cut the task's loss "
+                              "rises least from")
     aims: ClassVar[type] = LatencyTarget
     accepts: ClassVar[tuple[type, ...]] = (LatencyTarget,)
 
@@ -121,7 +109,7 @@ class SelectPlanner:
         if loss is None or task.batches is None:
             return dataclasses.replace(knapsack, planner=self.name, notes=(
                 *knapsack.notes, f"task {task.name!r} has no loss/batches to choose by: the knapsack's cut"))
-        candidates = {"knapsack": knapsack, **self.candidates(context, target)}
+        candidates = {"knapsack": knapsack, **self.rankings(context, target)}
         stream, own = task.batches(context.seed + HELD_OUT), task.batches(context.seed)
         held_out = [next(stream) for _ in range(LOSS_BATCHES)]
         calibration = [next(own) for _ in range(LOSS_BATCHES)]
@@ -137,15 +125,14 @@ class SelectPlanner:
         return dataclasses.replace(chosen, planner=self.name, notes=(*chosen.notes, note),
                                    search_s=time.perf_counter() - started)
 
-    def candidates(self, context: StepContext, target: LatencyTarget) -> dict[str, Proposal]:
-        """The other candidates' proposals that reach ``target`` by the cost model with every component within its
-        share."""
+    def rankings(self, context: StepContext, target: LatencyTarget) -> dict[str, Proposal]:
+        """The rankings' proposals that reach ``target`` by the cost model with every component within its share."""
         strict, proposals = dataclasses.replace(target, best_effort=False), {}
-        for label, candidate in CANDIDATES.items():
-            space, cost = group_space(context, candidate.importance(context))
+        for label, importance in RANKINGS.items():
+            space, cost = group_space(context, importance(context))
             try:
-                search = candidate.search(context, space, cost, strict)
-            except PlannerError:  # out of reach this way: the knapsack plans as far as it can
+                search = ranked_until(context, space, cost, strict)
+            except PlannerError:  # out of reach by this ranking: the knapsack plans as far as it can
                 continue
             proposal = space.propose(f"{self.name}:{label}", target, search)
             times = cost.component_ms(proposal.plan)
