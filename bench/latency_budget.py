@@ -16,8 +16,9 @@ step timed in alternation with the dense model), the same cost model — and dif
 - ``knapsack``: edgeprune's latency knapsack alone (the default before ``select``): least application importance
   (the task loss's sensitivity with magnitude, normalised per component) lost per millisecond the measured cost
   model says a block saves. Both edgeprune rows keep interfaces between components until a step's target is out of
-  reach without cutting them (tune's default ``--flow-policy last``; ``joint`` on digits-resnet, whose components
-  are stages of one CNN; the fashion tasks' networks are one component each, so they have no interface);
+  reach without cutting them or a step that kept them breaks the metric budget (tune's default ``--flow-policy
+  last``; ``joint`` on digits-resnet, whose components are stages of one CNN; the fashion tasks' networks are one
+  component each, so they have no interface);
 - ``tp-local``: the same ratio in every group, Torch-Pruning's L2 group magnitude (local pruning);
 - ``tp-global``: one global ranking of blocks by that magnitude (Torch-Pruning's global pruning);
 - ``tp-taylor``: one global ranking by first-order Taylor importance;

@@ -121,7 +121,7 @@ def tune(
     epsilon: Annotated[float, typer.Option(help="grid: sparsity tolerance around each step's ratio; gradient: relative latency tolerance")] = 0.02,
     flow_policy: Annotated[str, typer.Option(
         help=f"inter-component groups: {', '.join(FLOW_POLICIES)} (last: kept until a latency planner's step cannot "
-             f"reach its target without cutting them, then joint)")] = "last",
+             f"reach its target without cutting them or breaks the metric budget with them kept, then joint)")] = "last",
     flow_combine: Annotated[str, typer.Option(
         help=f"joint: combine components' importance by {' or '.join(COMBINES)}")] = "min",
     components: Annotated[list[str] | None, typer.Option(

@@ -27,7 +27,9 @@ from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target, target_path
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
-from edgeprune.loop.loop import OPENED, UNTUNED, next_increment
+from edgeprune.loop.loop import OPENED, UNTUNED, Loop, next_increment
+from edgeprune.loop.settings import run_key
+from edgeprune.loop.state import LoopState
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, keep_count
 from edgeprune.runtimes import get_runtime
@@ -308,6 +310,31 @@ def test_interfaces_are_cut_last_once_a_step_cannot_reach_its_target_without_the
     interface = plan.groups["encoder.conv1"]
     assert interface.kind == "flow" and len(interface.keep) == keep_count(64, 0.2, 8) < 64  # at its bound
 
+
+
+@pytest.mark.parametrize(("strategy", "flow_policy", "opens"),
+                         [("knapsack", "last", True), ("magnitude", "last", False), ("knapsack", "protect", False)])
+def test_a_step_that_breaks_the_metric_with_the_interfaces_kept_opens_them(
+        tmp_path: Path, quick_target: str, shared_profiles: Path, strategy: str, flow_policy: str, opens: bool) -> None:
+    """Flow policy ``last``: a latency planner's cut that kept the interface (the autoencoder split after
+    encoder.conv1) and still broke the metric budget opens it for the steps after it — they are planned under
+    ``joint``; a ratio strategy, or ``protect``, keeps it."""
+    split = {"front": ["encoder.conv0", "encoder.conv1"], "back": ["encoder.conv2", "encoder.latent", "decoder"]}
+    task = load_task("digits-autoencoder")
+    dense_psnr = task.evaluate(task.build())["psnr"]
+    settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.5x", step=0.3,
+                            metric_budget=f"psnr>={dense_psnr - 0.05:.4f}", finetune_steps=0, strategy=strategy,
+                            flow_policy=flow_policy, components=split)
+    target = load_target(quick_target)
+    (tmp_path / "work").mkdir()
+    loop = Loop(settings, target, tmp_path / "work", run_key(settings, target), log=lambda _: None)
+    after = loop.step(loop.dense_stage())
+    assert isinstance(after, LoopState)
+    first = after.steps[1]
+    assert first.status == "rolled-back" and first.note.startswith(f"psnr={first.metrics['psnr']:.4g} breaks")
+    assert (OPENED in first.note) is opens and after.interfaces_open is opens
+    assert loop.context(after).flow_policy == ("joint" if opens else flow_policy)
+    assert after.step == pytest.approx(0.15)  # a rollback halves the increment either way
 
 INTERRUPTIBLE = '''
 import dataclasses

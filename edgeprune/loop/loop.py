@@ -59,7 +59,7 @@ FINAL = "final fine-tune"
 #: How a step kept without its fine-tune says so (see :meth:`Loop.tuned_metrics`).
 UNTUNED = "kept without the fine-tune"
 #: How the step that opened the interfaces says so (flow policy ``last``, see :meth:`Loop.interfaces_to_open`).
-OPENED = "interfaces cut from this step on (flow policy last)"
+OPENED = "interfaces opened (flow policy last)"
 
 
 def next_increment(step: float, used: float) -> float:
@@ -255,17 +255,31 @@ class Loop:
         return self.try_proposal(s, proposal, trial, t0, opened)
 
     def interfaces_to_open(self, s: LoopState, proposal: Proposal, target: StepTarget) -> str:
-        """Why this step opens the interfaces (flow policy ``last``), or "": they are still kept, the latency
+        """Why this step opens the interfaces (flow policy ``last``), or "": they are still closed, the latency
         planner's plan with them kept falls short of the step's target (short of the target is short of the budget
-        too), and one of them could lose channels."""
-        if not (self.settings.flow_policy == "last" and not s.interfaces_open and isinstance(target, LatencyTarget)
-                and proposal.predicted_ms is not None and proposal.predicted_ms > target.ms * (1.0 + target.tolerance)):
+        too)."""
+        if not (isinstance(target, LatencyTarget) and proposal.predicted_ms is not None
+                and proposal.predicted_ms > target.ms * (1.0 + target.tolerance) and self.may_open_interfaces(s)):
             return ""
+        return f"{OPENED} from this step on: with them kept the plan predicts {proposal.predicted_ms:.4g} ms > the " \
+               f"step's target {target.ms:.4g} ms"
+
+    def interfaces_to_open_after(self, s: LoopState) -> str:
+        """Why a step that broke the metric budget opens the interfaces for the steps after it, or "": a cut that
+        kept every interface's width and still broke the metric over-cut the components' interiors, so the next
+        steps may spread the cut over the interfaces too. Measured on the pendulum agent at 0.35x (2026-12-03): aimed
+        at the budget with its latent kept at 64 channels, none of select's three cuts held the return after the
+        final fine-tune (-282 to -602); with the latent open, the Taylor and L2 rankings cut it to 32 and held
+        (-164, -157)."""
+        return f"{OPENED} from the next step on: this cut broke the metric with them kept" \
+            if self.plans_latency and self.may_open_interfaces(s) else ""
+
+    def may_open_interfaces(self, s: LoopState) -> bool:
+        """Flow policy ``last`` with the interfaces still kept, and one of them could lose channels."""
+        if self.settings.flow_policy != "last" or s.interfaces_open:
+            return False
         opened = self.context(s.model_copy(update={"interfaces_open": True}))
-        if not any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items()):
-            return ""
-        return f"{OPENED}: with them kept the plan predicts {proposal.predicted_ms:.4g} ms > the step's target " \
-               f"{target.ms:.4g} ms"
+        return any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items())
 
     def flow_policy(self, s: LoopState) -> FlowPolicy:
         """The policy this step's planner cuts flow groups by: ``last`` is ``joint`` once the interfaces are open."""
@@ -286,8 +300,10 @@ class Loop:
                             channel_sparsity=proposal.plan.channel_sparsity(), plan_digest=proposal.plan.digest(),
                             search=proposal.summary(), finetune_steps=steps)
         if not self.metric_budget.holds(value, self.baseline.dense_value):
-            return self.roll_back(s, record, noted(f"{self.metric_budget.metric}={value:.4g} breaks "
-                                                   f"{self.metric_budget}"), t0, step=s.step / 2)
+            broke = f"{self.metric_budget.metric}={value:.4g} breaks {self.metric_budget}"
+            reopen = self.interfaces_to_open_after(s)
+            return self.roll_back(s, record, noted(broke, reopen), t0, step=s.step / 2,
+                                  **({"interfaces_open": True} if reopen else {}))
         artifact, record.latency = self.measure_step(candidate, f"step{record.index}")
         measured = record.latency_ms
         cost, local = s.cost, s.local

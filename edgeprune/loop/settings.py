@@ -46,7 +46,8 @@ class TuneSettings(BaseModel):
                                                           "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(
         "last", description="inter-component groups: keep their width until a latency planner's step cannot reach "
-                            "its target without cutting them, then as joint (last); always keep their width "
+                            "its target without cutting them or breaks the metric budget with them kept, then as "
+                            "joint (last); always keep their width "
                             "(protect); prune on every component's combined importance (joint), or on the producing "
                             "component's (owner)")
     flow_combine: Combine = Field("min", description="joint policy: combine components' importance by min or mean")

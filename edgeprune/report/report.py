@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # the cost model and figures pull in torch and matplotlib: im
 
 FLOW_POLICIES = {
     "last": "Flow policy `last`: they keep their width until a step's latency target is out of reach without cutting "
-            "them; from that step on (its note says so) they are pruned as under `joint`.",
+            "them (from that step on) or a step that kept them breaks the metric budget (from the next step on); "
+            "from then on (the step's note says so) they are pruned as under `joint`.",
     "protect": "Flow policy `protect`: they keep their width.",
     "joint": "Flow policy `joint`: they are pruned consistently in every component, on each component's "
              "normalised importance combined (min or mean, see the manifest's settings).",
