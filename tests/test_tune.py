@@ -311,7 +311,6 @@ def test_interfaces_are_cut_last_once_a_step_cannot_reach_its_target_without_the
     assert interface.kind == "flow" and len(interface.keep) == keep_count(64, 0.2, 8) < 64  # at its bound
 
 
-
 @pytest.mark.parametrize(("strategy", "flow_policy", "opens"),
                          [("knapsack", "last", True), ("magnitude", "last", False), ("knapsack", "protect", False)])
 def test_a_step_that_breaks_the_metric_with_the_interfaces_kept_opens_them(
@@ -335,6 +334,7 @@ def test_a_step_that_breaks_the_metric_with_the_interfaces_kept_opens_them(
     assert (OPENED in first.note) is opens and after.interfaces_open is opens
     assert loop.context(after).flow_policy == ("joint" if opens else flow_policy)
     assert after.step == pytest.approx(0.15)  # a rollback halves the increment either way
+
 
 INTERRUPTIBLE = '''
 import dataclasses

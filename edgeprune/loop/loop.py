@@ -272,11 +272,12 @@ class Loop:
         final fine-tune (-282 to -602); with the latent open, the Taylor and L2 rankings cut it to 32 and held
         (-164, -157)."""
         return f"{OPENED} from the next step on: this cut broke the metric with them kept" \
-            if self.plans_latency and self.may_open_interfaces(s) else ""
+            if self.may_open_interfaces(s) else ""
 
     def may_open_interfaces(self, s: LoopState) -> bool:
-        """Flow policy ``last`` with the interfaces still kept, and one of them could lose channels."""
-        if self.settings.flow_policy != "last" or s.interfaces_open:
+        """A latency planner under flow policy ``last`` with the interfaces still kept, and one of them could lose
+        channels (a ratio strategy never opens them)."""
+        if not self.plans_latency or self.settings.flow_policy != "last" or s.interfaces_open:
             return False
         opened = self.context(s.model_copy(update={"interfaces_open": True}))
         return any(info.kind == "flow" and opened.fewest(key) < info.width for key, info in s.graph.groups.items())
