@@ -10,9 +10,10 @@ ones before it is judged), the same rollback on the metric, the same measurement
 step timed in alternation with the dense model), the same cost model — and differ only in which channels go:
 
 - ``edgeprune``: tune's default ``--strategy select``: each step plans the ``knapsack``'s cut and global rankings by
-  Taylor and by L2 magnitude against the same latency target on the measured cost model, and keeps the one the
-  task's loss rises least from right after the cut (held-out training batches, each cut's BatchNorm statistics
-  re-estimated for the score only);
+  Taylor and by L2 magnitude against the same latency target on the measured cost model, races them (each
+  fine-tuned a twelfth of the step's fine-tune steps, paid from them: the kept cut gets the rest) and keeps the one
+  the task's loss then rises least from (held-out training batches, each cut's BatchNorm statistics re-estimated for
+  the score only);
 - ``knapsack``: edgeprune's latency knapsack alone (the default before ``select``): least application importance
   (the task loss's sensitivity with magnitude, normalised per component) lost per millisecond the measured cost
   model says a block saves. Both edgeprune rows keep interfaces between components until a step's target is out of

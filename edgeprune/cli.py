@@ -110,7 +110,8 @@ def tune(
     latency_budget: Annotated[str, typer.Option(help="e.g. 2.5ms, 800us, or 0.5x (of dense, measured)")] = "0.5x",
     metric: Annotated[str | None, typer.Option(help="metric budget, e.g. 'psnr>=27'; default: the task's")] = None,
     out: Annotated[Path | None, typer.Option(help="run folder; default runs/TASK")] = None,
-    finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step")] = 100,
+    finetune_steps: Annotated[int, typer.Option(help="task fine-tune steps after each pruning step (select spends a "
+                                                       "share of them racing its cuts)")] = 100,
     final_finetune_steps: Annotated[int, typer.Option(
         help="task fine-tune steps on the final model (kept if its metric is no worse)")] = 0,
     step: Annotated[float, typer.Option(help="first increment of the pruning ratio")] = 0.1,

@@ -486,3 +486,48 @@ def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
     without_loss = get_planner("select").propose(_context(_distil_task(two_part, with_loss=False), two_part, plan,
                                                           cost=cost), LatencyTarget(2.6))
     assert "no loss/batches to choose by" in without_loss.notes[-1]
+
+
+def test_select_races_its_cuts_on_part_of_the_steps_fine_tune(two_part) -> None:
+    """Given the loop's fine-tune, ``select`` trains every candidate cut 1 / (RACE x candidates) of the step's
+    fine-tune budget on the same batches before it scores them, keeps the cut whose loss then rose least, with its
+    raced weights, and says what it spent: the loop spends only the rest, so the step trains no more than a
+    baseline's. A step only the knapsack reaches races nothing."""
+    from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, RACE, loss_rise, loss_terms, recalibrated
+
+    task, cost = _distil_task(two_part), _hand_cost()
+    plan = _dense_plan(task, two_part)
+    calls: list[int] = []
+
+    def finetune(model: nn.Module, steps: int) -> None:  # seeded like the loop's: every cut sees the same batches
+        calls.append(steps)
+        optimiser, stream = torch.optim.SGD(model.parameters(), lr=0.05), task.batches(1)
+        model.train()
+        for _ in range(steps):
+            optimiser.zero_grad()
+            task.loss(model, next(stream)).backward()
+            optimiser.step()
+        model.eval()
+
+    chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost, finetune=finetune,
+                                                    finetune_steps=60), LatencyTarget(3.0))
+    race = 60 // (RACE * 3)
+    assert calls == [race] * 3 and chosen.finetune_steps == 3 * race == chosen.summary()["finetune_steps"]
+    assert f"after {race} fine-tune steps of each cut" in chosen.notes[-1]
+    alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(3.0))
+             for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"))}
+    for proposal in alone.values():
+        finetune(proposal.model, race)
+    stream, own = task.batches(HELD_OUT), task.batches(0)
+    held_out, calibration = ([next(s) for _ in range(LOSS_BATCHES)] for s in (stream, own))
+    reference = loss_terms(task.loss, two_part, held_out)
+    rise = {label: loss_rise(loss_terms(task.loss, recalibrated(p.model, task.loss, calibration), held_out), reference)
+            for label, p in alone.items()}
+    best = min(rise, key=rise.__getitem__)
+    assert chosen.plan.groups == alone[best].plan.groups and f"kept the {best} cut" in chosen.notes[-1]
+    assert all(torch.allclose(a, b) for a, b in zip(chosen.model.state_dict().values(),
+                                                    alone[best].model.state_dict().values()))
+    calls.clear()
+    far = get_planner("select").propose(_context(task, two_part, plan, cost=cost, finetune=finetune,
+                                                 finetune_steps=60), LatencyTarget(1.0, best_effort=True))
+    assert calls == [] and far.finetune_steps == 0 and "fine-tune steps" not in far.notes[-1]

@@ -27,9 +27,10 @@ from edgeprune.core.manifest import Manifest
 from edgeprune.core.targets import load_target, target_path
 from edgeprune.core.task import load_task
 from edgeprune.loop import RunFolderError, TuneSettings, load_pruned, tune
-from edgeprune.loop.loop import OPENED, UNTUNED, Loop, next_increment
+from edgeprune.loop.loop import FINAL, OPENED, UNTUNED, Loop, next_increment
 from edgeprune.loop.settings import run_key
 from edgeprune.loop.state import LoopState
+from edgeprune.planners.select import RACE
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.plan import Plan, keep_count
 from edgeprune.runtimes import get_runtime
@@ -226,6 +227,9 @@ def test_the_default_select_plans_on_the_measured_cost_model_and_recalibrates(tm
     accepted = [s for s in manifest.steps if s.status == "accepted"]
     assert accepted and all(s.search["strategy"] == "select" for s in accepted)
     assert all(any(n.startswith("kept the ") for n in s.search["notes"]) for s in accepted if s.search)
+    # select raced its cuts on part of a step's fine-tune budget (20 // (RACE x 3) steps each), the loop spent the rest
+    assert any(s.search.get("finetune_steps") == 3 * (20 // (RACE * 3)) > 0 for s in accepted)
+    assert all(s.finetune_steps == 20 for s in accepted if FINAL not in s.note)
     # each step was planned to a predicted latency, and each measurement joined the calibration (the cost
     # model's own points: dense + 3 calibration plans; then this run's dense and its steps)
     assert all(s.search["predicted_ms"] > 0 for s in accepted)

@@ -291,7 +291,8 @@ class Loop:
         """Fine-tune, evaluate and — if the metric holds — measure a proposal; accept it or roll it back. ``opened``:
         why this step opened the interfaces (flow policy ``last``), for its record."""
         candidate, index = proposal.model, len(s.steps)
-        metrics, note, steps = self.tuned_metrics(candidate, index, last=self.aims_at_budget(trial))
+        metrics, note, steps = self.tuned_metrics(candidate, index, last=self.aims_at_budget(trial),
+                                                  spent=proposal.finetune_steps)
         value = metrics[self.metric_budget.metric]
 
         def noted(*parts: str) -> str:  # the step's notes, the interfaces' opening first
@@ -336,21 +337,24 @@ class Loop:
             "step": self.next_step(s, value)})
         return self.budget_met(accepted) or accepted
 
-    def tuned_metrics(self, candidate: nn.Module, index: int, last: bool = False) -> tuple[dict[str, float], str, int]:
-        """Fine-tune the cut ``candidate`` in place and evaluate it: its metrics, a note, the fine-tune steps spent.
+    def tuned_metrics(self, candidate: nn.Module, index: int, last: bool = False,
+                      spent: int = 0) -> tuple[dict[str, float], str, int]:
+        """Fine-tune the cut ``candidate`` in place and evaluate it: its metrics, a note, the fine-tune steps spent
+        (``spent`` of the step's budget the planner already spent racing its candidates, the rest here).
 
         A step aimed at the budget (``last``) would be the run's last and get ``final_finetune_steps`` more after it,
         so when it breaks the metric budget it gets them before it is judged: a narrow metric (an episode return)
         may break after the per-step fine-tune and hold after the final one. A rollback is for the cut, not for its
-        fine-tune: when the fine-tuned model breaks the metric budget but the cut alone holds it (a task's fine-tune
-        can harm a model that already works), the candidate goes back to its weights before the fine-tune, and a
-        note says so."""
+        fine-tune: when the fine-tuned model breaks the metric budget but the cut before it holds it (a task's
+        fine-tune can harm a model that already works), the candidate goes back to its weights before the fine-tune
+        (with what a planner's race trained it), and a note says so."""
         settings, metric, dense = self.settings, self.metric_budget.metric, self.baseline.dense_value
         if not settings.finetune_steps:
             return self.evaluate(candidate, index), "", 0
         before = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
-        self.finetune(candidate, index, settings.finetune_steps)
-        metrics, steps = self.evaluate(candidate, index), settings.finetune_steps
+        if settings.finetune_steps > spent:
+            self.finetune(candidate, index, settings.finetune_steps - spent)
+        metrics, steps = self.evaluate(candidate, index), max(settings.finetune_steps, spent)
         if self.metric_budget.holds(metrics[metric], dense):
             return metrics, "", steps
         if last and settings.final_finetune_steps:
@@ -362,11 +366,11 @@ class Loop:
             if self.metric_budget.holds(tuned[metric], dense):
                 return tuned, note, steps
             metrics = tuned
-        candidate.load_state_dict(before)  # rolled back either way unless the cut alone holds the metric
+        candidate.load_state_dict(before)  # rolled back either way unless the cut before it holds the metric
         untuned = self.evaluate(candidate, index)
         if not self.metric_budget.holds(untuned[metric], dense):
             return metrics, "", steps
-        note = (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut alone holds it "
+        note = (f"its fine-tune broke the metric ({metric}={metrics[metric]:.4g}); the cut before it holds it "
                 f"({untuned[metric]:.4g}), {UNTUNED}")
         self.log(f"step {index}: {note}")
         return untuned, note, steps
@@ -384,7 +388,9 @@ class Loop:
                            importance=self.importance, flow_policy=self.flow_policy(s),
                            flow_combine=settings.flow_combine, component_ratios=settings.component_ratios or {},
                            max_ratio=settings.max_ratio, component_shares=settings.component_shares or {},
-                           cost=s.cost, seed=settings.seed)
+                           cost=s.cost, seed=settings.seed, finetune_steps=settings.finetune_steps,
+                           finetune=None if self.task.finetune is None else
+                           lambda model, steps: self.finetune(model, len(s.steps), steps))
 
     def aim(self, s: LoopState, trial: float) -> StepTarget:
         """The step's target at ``trial``: that share of the channels (ratio strategies) or of the dense latency,

@@ -32,7 +32,8 @@ class TuneSettings(BaseModel):
     step: float = Field(0.1, gt=0, le=1, description="first increment of the uniform pruning ratio")
     min_step: float = Field(0.02, gt=0, description="stop when a rolled-back step would go below this increment")
     max_ratio: float = Field(0.9, gt=0, lt=1, description="largest fraction of a group's channels to remove")
-    finetune_steps: int = Field(0, ge=0, description="task.finetune steps after every pruning step")
+    finetune_steps: int = Field(0, ge=0, description="task.finetune steps at every pruning step (a planner that "
+                                  "races its cuts, select, spends a share of them, the loop the rest)")
     final_finetune_steps: int = Field(0, ge=0, description="task.finetune steps on the final model, after the last "
                                                            "step (kept only if its metric is no worse)")
     seed: int = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -85,6 +85,12 @@ class StepContext:
     """Component -> largest share of a latency target its layers may take (latency planners)."""
     cost: CostModel | None = None
     seed: int = 0
+    finetune: Callable[[nn.Module, int], None] | None = None
+    """Fine-tunes a model in place for a number of optimiser steps, as the loop's fine-tune does (None: the task has
+    none)."""
+    finetune_steps: int = 0
+    """The step's fine-tune budget; a planner that races its candidates spends part of it (see
+    :attr:`Proposal.finetune_steps`), the loop the rest on the kept one."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.max_ratio < 1.0:
@@ -163,6 +169,9 @@ class Proposal:
     """Gradient: the normalised task loss with the final hard masks, on one fresh batch."""
     best_metric: float | None = None
     """Grid: the best evaluated metric."""
+    finetune_steps: int = 0
+    """Fine-tune steps the planner spent on all its candidates together, out of the step's budget (``model`` already
+    had its share of them)."""
 
     def summary(self) -> dict[str, object]:
         """The part a loop step records: what was aimed at and reached, and what the search cost."""
@@ -170,7 +179,8 @@ class Proposal:
                else {"target_ms": self.target.ms})
         return {"strategy": self.planner, **aim, "sparsity": round(self.sparsity, 4), "predicted_ms": self.predicted_ms,
                 "within_tolerance": self.within_tolerance, "importance": self.importance,
-                "search_s": round(self.search_s, 2), "evaluations": self.evaluations, "notes": list(self.notes)}
+                "search_s": round(self.search_s, 2), "evaluations": self.evaluations,
+                **({"finetune_steps": self.finetune_steps} if self.finetune_steps else {}), "notes": list(self.notes)}
 
 
 class Planner(Protocol):

@@ -7,12 +7,16 @@ only it reaches the target where time sits in a few layers (MobileNetV2). So eac
 against the step's latency target on the measured cost model — the knapsack on the application importance
 (components, soft coefficients), and Taylor and L2 global rankings cut until the cost model says in time — and keeps
 the one whose cut model the task's loss rises least from, on held-out training batches, as EagleEye (Li et al. 2020)
-picks pruning candidates: after re-estimating each candidate's BatchNorm statistics on the step's batches (a cut
-shifts every later layer's activations, and the loss with the uncut model's statistics says more about that shift
-than about how well the cut fine-tunes back). The re-estimate only scores: the kept candidate goes on with its own
-statistics, so it spends no training beyond the loop's fine-tune. A ranking that cannot reach the target, or that
-breaks a component's share of it, is no candidate; the knapsack always is (best effort), so ``select`` reaches as far
-as the knapsack does. A task without a loss gets the knapsack.
+picks pruning candidates: after a short race, each candidate fine-tuned the same few steps on the same batches, and
+after re-estimating each candidate's BatchNorm statistics on the step's batches (a cut shifts every later layer's
+activations, and the loss with the uncut model's statistics says more about that shift than about how well the cut
+fine-tunes back). The loss right after the cut does not say which cut trains back best: scored that way, select lost
+to the knapsack alone on all four Fashion-MNIST rows of the bench (2026-12-03). The race is paid from the step's
+fine-tune budget — 1 / (``RACE`` x candidates) of it each, the kept cut goes on with its raced weights and the loop
+spends the rest — so a step trains no more than a baseline's. The re-estimate only scores: the kept candidate goes on
+with its own statistics. A ranking that cannot reach the target, or that breaks a component's share of it, is no
+candidate; the knapsack always is (best effort), so ``select`` reaches as far as the knapsack does. A task without a
+loss gets the knapsack; one without a fine-tune, or a step only the knapsack reaches, races nothing.
 
 No uniform ratio among them: on seed 0 of the bench, select without it was level (within 0.07 dB) or better on every
 row where the uniform ratio was a fourth candidate (2026-12-02), and met MobileNetV2 0.35x, which select with it
@@ -47,6 +51,12 @@ from edgeprune.prune.importance import GroupMagnitude, Importance, Loss
 #: Held-out batches each candidate's loss is measured on, and their stream's seed offset from the step's (the
 #: importance's batches, which also re-estimate the BatchNorm statistics, come from the step's own seed).
 LOSS_BATCHES, HELD_OUT = 8, 7919
+
+#: Each candidate is fine-tuned 1 / (RACE x candidates) of the step's fine-tune budget before its loss is measured.
+#: The kept cut loses the others' share, (candidates - 1) / (RACE x candidates) of it: at RACE = 2 (a third of the
+#: budget) digits-resnet 0.35x stopped at 2.26x, its steps near the budget breaking accuracy; at 4 it met (2.96x,
+#: seed 0 of the bench, 2026-12-03).
+RACE = 4
 
 #: The rankings besides the knapsack: label -> the importance they rank blocks by.
 RANKINGS: dict[str, Callable[[StepContext], Importance]] = {"taylor": taylor, "magnitude": lambda _: GroupMagnitude()}
@@ -94,8 +104,8 @@ def recalibrated(model: nn.Module, loss: Loss, batches: list[object]) -> nn.Modu
 @register
 class SelectPlanner:
     name: ClassVar[str] = "select"
-    summary: ClassVar[str] = ("the knapsack and Taylor / L2 rankings aimed at one latency; the cut the task's loss "
-                              "rises least from")
+    summary: ClassVar[str] = ("the knapsack and Taylor / L2 rankings aimed at one latency, each fine-tuned a few "
+                              "steps; the cut the task's loss rises least from")
     aims: ClassVar[type] = LatencyTarget
     accepts: ClassVar[tuple[type, ...]] = (LatencyTarget,)
 
@@ -110,6 +120,10 @@ class SelectPlanner:
             return dataclasses.replace(knapsack, planner=self.name, notes=(
                 *knapsack.notes, f"task {task.name!r} has no loss/batches to choose by: the knapsack's cut"))
         candidates = {"knapsack": knapsack, **self.rankings(context, target)}
+        race = context.finetune_steps // (RACE * len(candidates)) \
+            if context.finetune is not None and len(candidates) > 1 else 0
+        for proposal in candidates.values() if race else ():
+            context.finetune(proposal.model, race)  # type: ignore[misc]
         stream, own = task.batches(context.seed + HELD_OUT), task.batches(context.seed)
         held_out = [next(stream) for _ in range(LOSS_BATCHES)]
         calibration = [next(own) for _ in range(LOSS_BATCHES)]
@@ -119,11 +133,12 @@ class SelectPlanner:
         kept = min(rise, key=rise.__getitem__)
         note = (f"kept the {kept} cut: the loss rises " + ", ".join(f"{v:.4g}× ({k})" for k, v in rise.items())
                 + f" over the uncut model's on {LOSS_BATCHES} held-out batches"
+                + (f" after {race} fine-tune steps of each cut" if race else "")
                 + (f", each cut's BatchNorm statistics re-estimated on {LOSS_BATCHES} of the step's batches"
                    if running_norms(context.model) else ""))
         chosen = candidates[kept]
         return dataclasses.replace(chosen, planner=self.name, notes=(*chosen.notes, note),
-                                   search_s=time.perf_counter() - started)
+                                   search_s=time.perf_counter() - started, finetune_steps=race * len(candidates))
 
     def rankings(self, context: StepContext, target: LatencyTarget) -> dict[str, Proposal]:
         """The rankings' proposals that reach ``target`` by the cost model with every component within its share."""
