@@ -494,6 +494,7 @@ def test_select_races_its_cuts_on_part_of_the_steps_fine_tune(two_part) -> None:
     raced weights, and says what it spent: the loop spends only the rest, so the step trains no more than a
     baseline's. A step only the knapsack reaches races nothing."""
     from edgeprune.planners.select import HELD_OUT, LOSS_BATCHES, RACE, loss_rise, loss_terms, recalibrated
+    from edgeprune.zoo import fit
 
     task, cost = _distil_task(two_part), _hand_cost()
     plan = _dense_plan(task, two_part)
@@ -501,13 +502,7 @@ def test_select_races_its_cuts_on_part_of_the_steps_fine_tune(two_part) -> None:
 
     def finetune(model: nn.Module, steps: int) -> None:  # seeded like the loop's: every cut sees the same batches
         calls.append(steps)
-        optimiser, stream = torch.optim.SGD(model.parameters(), lr=0.05), task.batches(1)
-        model.train()
-        for _ in range(steps):
-            optimiser.zero_grad()
-            task.loss(model, next(stream)).backward()
-            optimiser.step()
-        model.eval()
+        fit(model, task.loss, task.batches(1), steps, torch.optim.SGD(model.parameters(), lr=0.05))
 
     chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost, finetune=finetune,
                                                     finetune_steps=60), LatencyTarget(3.0))

@@ -352,9 +352,8 @@ class Loop:
         if not settings.finetune_steps:
             return self.evaluate(candidate, index), "", 0
         before = {k: v.detach().clone() for k, v in candidate.state_dict().items()}
-        if settings.finetune_steps > spent:
-            self.finetune(candidate, index, settings.finetune_steps - spent)
-        metrics, steps = self.evaluate(candidate, index), max(settings.finetune_steps, spent)
+        self.finetune(candidate, index, settings.finetune_steps - spent)
+        metrics, steps = self.evaluate(candidate, index), settings.finetune_steps
         if self.metric_budget.holds(metrics[metric], dense):
             return metrics, "", steps
         if last and settings.final_finetune_steps:
