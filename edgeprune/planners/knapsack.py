@@ -5,15 +5,15 @@ Where the sparsity planners aim at a share of channels, this aims at a latency: 
 where the target spends it rather than where FLOPs are. A greedy knapsack over granule blocks: each round prices
 the next block of every group (its channels' application importance, in the task loss's units across groups; a
 magnitude over its cluster's mean, see :meth:`SearchSpace.cluster_means`) against the latency the cost model says
-removing it saves, and removes the cheapest; a block that saves nothing is never taken. Once the target holds, the
-removed blocks that fit back under it go back, most importance per millisecond first. The context's component
-shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of it):
-while one is over, only groups touching it are cut.
+removing it saves, and removes the cheapest; a block that saves nothing is never taken. A block's importance is
+priced up as its group thins (:data:`THINNING`), so no layer is left a sliver while others stay whole. Once the target
+holds, the removed blocks that fit back under it go back, most importance per millisecond first. The context's
+component shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of
+it): while one is over, only groups touching it are cut.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edgeprune.measure.cost import plan_counts
@@ -54,46 +54,23 @@ class KnapsackPlanner:
             raise PlannerError("the knapsack needs the target's cost model in the step's context")
         space = SearchSpace(context)
         space.rank(context.batches())
-        return space.propose(self.name, target, fill(context, space, target, thinning=THINNING, finish=True))
+        return space.propose(self.name, target, fill(context, space, target, THINNING))
 
 
-@dataclass
-class Cut:
-    """A knapsack's state: each group's keep count and step position, the predicted time, the importance lost and
-    the prediction after each move (the proposal's objective)."""
-
-    counts: dict[str, int]
-    position: dict[str, int]
-    predicted: float
-    lost: float = 0.0
-    trace: list[float] = field(default_factory=list)
-
-    def moved(self, key: str, keep: int, step: int, predicted: float, lost: float) -> Cut:
-        """This cut with group ``key`` at ``keep`` (``step`` blocks further down its steps, or back up)."""
-        return Cut({**self.counts, key: keep}, {**self.position, key: self.position[key] + step}, predicted,
-                   self.lost + lost, [*self.trace, predicted])
-
-
-def fill(context: StepContext, space: SearchSpace, target: LatencyTarget, *, thinning: float = 0.0,
-         finish: bool = False) -> Search:
+def fill(context: StepContext, space: SearchSpace, target: LatencyTarget, thinning: float = 0.0) -> Search:
     """Remove the block that loses least importance per predicted millisecond saved until the target holds; then
     give back the removed blocks that fit in what the last removal overshot (a greedy knapsack's classic repair: one
-    block of a full-resolution layer can save several times what was still missing).
-
-    ``thinning``: a block's importance counts (dense width / channels left after it) ** ``thinning`` times (see
-    :data:`THINNING`). ``finish``: the greedy's other classic repair — along the way, the one block that closes what
-    is still missing at the least importance is a cut of its own, and wins when it loses less than the greedy's
-    (from a model already near the budget, the best block per millisecond may save several times the few hundredths
-    of a millisecond still missing, and the give-back cannot undo that block)."""
+    block of a full-resolution layer can save several times what was still missing). A block's importance counts
+    (dense width / channels left after it) ** ``thinning`` times (see :data:`THINNING`; HALP's greedy: 0)."""
     cost, budget_ms, shares = context.cost, target.ms, context.component_shares
     assert cost is not None
     free = space.free
     means = space.cluster_means()
     steps = steps_down(free, space.granule)
+    position = {g.key: 0 for g in free}
     counts = plan_counts(context.plan)
-    cut = Cut(counts, {g.key: 0 for g in free}, cost.predict_ms(counts))
-    cut.trace.append(cut.predicted)
-    finished: Cut | None = None
+    predicted = cost.predict_ms(counts)
+    trace = [predicted]
     notes: list[str] = []
 
     def loss(g: SpaceGroup, lo: int, hi: int) -> float:
@@ -108,63 +85,61 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget, *, thi
             return worst[1]
         return "" if predicted > budget_ms else None
 
-    while (aim := over(cut.counts, cut.predicted)) is not None:
-        best: tuple[float, str, int, float] | None = None
-        before = cost.component_ms(cut.counts).get(aim, 0.0) if aim else cut.predicted  # only read for a component
+    while (aim := over(counts, predicted)) is not None:
+        best: tuple[float, str, int] | None = None
+        before = cost.component_ms(counts).get(aim, 0.0) if aim else predicted  # only read for a component
         for g in free:
-            i = cut.position[g.key]
+            i = position[g.key]
             if i + 1 >= len(steps[g.key]) or (aim and aim not in space.graph.groups[g.key].components):
                 continue
             hi, lo = steps[g.key][i], steps[g.key][i + 1]
             if aim:
-                saved = before - cost.component_ms({**cut.counts, g.key: lo}).get(aim, 0.0)
+                saved = before - cost.component_ms({**counts, g.key: lo}).get(aim, 0.0)
             else:
-                saved = cost.saving_ms(cut.counts, g.key, lo)
+                saved = cost.saving_ms(counts, g.key, lo)
             if saved <= 1e-12:
                 continue
             lost = loss(g, lo, hi)
             if best is None or lost / saved < best[0]:
-                best = (lost / saved, g.key, lo, lost)
-            after = cut.predicted - saved
-            if finish and (finished is None or cut.lost + lost < finished.lost) \
-                    and over({**cut.counts, g.key: lo}, after) is None:
-                finished = cut.moved(g.key, lo, 1, after, lost)
+                best = (lost / saved, g.key, lo)
         if best is None:
             what = f"component {aim!r} over {shares[aim]:.0%} of the budget" if aim else "the budget"
             message = (f"latency budget {budget_ms:.4g} ms is out of reach for {what}: the cost model predicts "
-                       f"{cut.predicted:.4g} ms with every group at its bound or where a further cut saves no "
-                       f"predicted time (flow policy {context.flow_policy}, caps, max_group_ratio "
-                       f"{context.max_ratio:g}, granule {context.granule})")
+                       f"{predicted:.4g} ms with every group at its bound or where a further cut saves no predicted "
+                       f"time (flow policy {context.flow_policy}, caps, max_group_ratio {context.max_ratio:g}, "
+                       f"granule {context.granule})")
             if not target.best_effort:
                 raise PlannerError(message)
             notes.append(message + "; planned as far as a cut saves predicted time, for a measurement to decide")
             break
-        _, key, lo, lost = best
-        cut = cut.moved(key, lo, 1, cost.predict_ms({**cut.counts, key: lo}), lost)
+        _, key, lo = best
+        position[key] += 1
+        counts[key] = lo
+        predicted = cost.predict_ms(counts)
+        trace.append(predicted)
 
-    def given_back(cut: Cut) -> Cut:
-        """``cut`` after giving back, one at a time, the removed block that fits back with every limit holding and
-        regains most importance per predicted millisecond (of each group's last removed block)."""
-        while True:
-            best: tuple[float, str, int, float] | None = None
-            for g in free:
-                i = cut.position[g.key]
-                if i == 0:
-                    continue
-                lo, hi = steps[g.key][i], steps[g.key][i - 1]
-                back = {**cut.counts, g.key: hi}
-                ms = cost.saving_ms(back, g.key, lo)
-                if over(back, cut.predicted + ms) is None:
-                    value = loss(g, lo, hi) / max(ms, 1e-12)
-                    if best is None or value > best[0]:
-                        best = (value, g.key, hi, loss(g, lo, hi))
-            if best is None:
-                return cut
-            _, key, hi, lost = best
-            cut = cut.moved(key, hi, -1, cost.predict_ms({**cut.counts, key: hi}), -lost)
+    def give_back() -> tuple[str, int] | None:
+        """Of each group's last removed block, the one that fits back with every limit holding and regains most
+        importance per predicted millisecond: (its group, the group's keep count with it)."""
+        best: tuple[float, str, int] | None = None
+        for g in free:
+            i = position[g.key]
+            if i == 0:
+                continue
+            lo, hi = steps[g.key][i], steps[g.key][i - 1]
+            back = {**counts, g.key: hi}
+            ms = cost.saving_ms(back, g.key, lo)
+            if over(back, predicted + ms) is None:
+                value = loss(g, lo, hi) / max(ms, 1e-12)
+                if best is None or value > best[0]:
+                    best = (value, g.key, hi)
+        return None if best is None else best[1:]
 
-    if not notes:  # notes: the removals stopped at the bounds, short of the target
-        cut = min((given_back(c) for c in (cut, finished) if c is not None), key=lambda c: c.lost)
-    keeps = {g.key: cut.counts[g.key] for g in free if cut.counts.get(g.key, g.current) < g.current}
-    return Search(keeps, {g.key: 1.0 - cut.counts.get(g.key, g.current) / g.dense for g in free},
-                  objective=tuple(cut.trace), predicted_ms=cut.predicted, within_tolerance=True, notes=notes)
+    while not notes and (back := give_back()):  # notes: the removals stopped at the bounds, short of the target
+        key, counts[key] = back
+        position[key] -= 1
+        predicted = cost.predict_ms(counts)
+        trace.append(predicted)
+    keeps = {g.key: counts[g.key] for g in free if counts.get(g.key, g.current) < g.current}
+    return Search(keeps, {g.key: 1.0 - counts.get(g.key, g.current) / g.dense for g in free}, objective=tuple(trace),
+                  predicted_ms=predicted, within_tolerance=True, notes=notes)
