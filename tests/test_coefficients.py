@@ -24,8 +24,6 @@ from edgeprune.planners import (
     get_planner,
     policy_sparsity,
 )
-from edgeprune.planners.knapsack import fill
-from edgeprune.planners.space import SearchSpace
 from edgeprune.prune.graph import ComponentGraph
 from edgeprune.prune.importance import ApplicationImportance
 from edgeprune.prune.masks import channel_masks
@@ -308,13 +306,13 @@ def test_latency_knapsack_cuts_where_the_target_spends_time(two_part) -> None:
     assert new_plan.kept("encoder.0") < 32 and new_plan.kept("decoder.1") < 48
     assert list(info.objective) == sorted(info.objective, reverse=True)  # every removal saved time, none went back
     _same_outputs(task, pruned, new_plan)
-    # at 2.6 ms the encoder keeps over 60 % of the time; once it may take at most 60 % of the budget, its
-    # time-saving group is cut further (and its flat one still is not)
+    # at 2.6 ms the decoder alone gives the time; once the encoder may take at most 60 % of the budget, its
+    # time-saving group is cut too (and its flat one still is not)
     _, loose, _ = _knapsack(task, two_part, plan, 2.6, **args)
     _, shared, _ = _knapsack(task, two_part, plan, 2.6, component_shares={"encoder": 0.6}, **args)
-    assert cost.component_ms(loose)["encoder"] > 0.6 * 2.6
+    assert loose.kept("encoder.0") == 32 and cost.component_ms(loose)["encoder"] > 0.6 * 2.6
     assert cost.component_ms(shared)["encoder"] <= 0.6 * 2.6 + 1e-9
-    assert shared.kept("encoder.0") < loose.kept("encoder.0") and shared.kept("encoder.3") == 64
+    assert shared.kept("encoder.0") < 32 and shared.kept("encoder.3") == 64
     with pytest.raises(PlannerError, match="out of reach for the budget: the cost model predicts"):
         _knapsack(task, two_part, plan, 1.0, **args)
     # best effort (what the tune loop asks for): the plan at the bounds, for a measurement to decide
@@ -358,30 +356,19 @@ def test_latency_knapsack_weighs_groups_by_what_the_loss_says_they_are_worth(two
         return get_planner("knapsack").propose(context, LatencyTarget(2.6)).plan
 
     plain, loud, cancelled = knapsack(1.0), knapsack(3.0), knapsack(3.0, comparable=False)
-    assert plain.kept("decoder.1") / 48 < plain.kept("encoder.0") / 32  # per ms, the decoder is cheapest
-    assert loud.kept("encoder.0") < plain.kept("encoder.0") and loud.kept("decoder.1") > plain.kept("decoder.1")
+    assert plain.kept("encoder.0") == 32 and plain.kept("decoder.1") < 48  # per ms, the decoder is cheapest
+    assert loud.kept("encoder.0") < 32 and loud.kept("decoder.1") > plain.kept("decoder.1")
     assert cancelled.groups == plain.groups
 
 
-def _fill(context: StepContext, ms: float, **rules: object) -> Proposal:
-    """The knapsack's proposal at ``ms``, or with ``rules`` the greedy fill under them (HALP's: no thinning)."""
-    target = LatencyTarget(ms)
-    if not rules:
-        return get_planner("knapsack").propose(context, target)
-    space = SearchSpace(context)
-    space.rank(None)
-    return space.propose("greedy", target, fill(context, space, target, **rules))  # type: ignore[arg-type]
-
-
-def test_latency_greedy_gives_back_what_its_last_cut_overshot(two_part) -> None:
-    """With encoder.0's channels worth little to the loss, the plain greedy (no thinning) takes them first, down to
-    its bound, and then decoder.1's: at 3.1 ms the last of those (0.167 ms) overshoots by more than an encoder.0 block
-    costs (0.125 ms). That block goes back, so the plan keeps all it can: no removed block fits back under the
-    target."""
+def test_latency_knapsack_gives_back_what_its_last_cut_overshot(two_part) -> None:
+    """With encoder.0's channels worth little to the loss, the knapsack takes them first, down to its bound, and then
+    decoder.1's: at 3.1 ms the last of those (0.167 ms) overshoots by more than an encoder.0 block costs (0.125 ms).
+    That block goes back, so the plan keeps all it can: no removed block fits back under the target."""
     task, cost = _distil_task(two_part), _hand_cost()
     context = _context(task, two_part, _dense_plan(task, two_part), cost=cost)
     context.importance = _Louder(context.importance, "encoder.0", 0.3, True)  # type: ignore[arg-type]
-    proposal = _fill(context, 3.1, thinning=0.0)
+    proposal = get_planner("knapsack").propose(context, LatencyTarget(3.1))
     plan, trace = proposal.plan, list(proposal.objective)
     assert cost.predict_ms(plan) == pytest.approx(proposal.predicted_ms) and proposal.predicted_ms <= 3.1
     counts = {key: plan.kept(key) for key in ("encoder.0", "decoder.1")}
@@ -389,37 +376,6 @@ def test_latency_greedy_gives_back_what_its_last_cut_overshot(two_part) -> None:
     assert all(cost.predict_ms({**counts, key: kept + GRANULE}) > 3.1 for key, kept in counts.items())
     given_back = trace.index(min(trace))  # removals lower the prediction, then what goes back raises it
     assert 0 < given_back < len(trace) - 1 and trace[given_back] < trace[-1] <= 3.1
-
-
-class _Flat:
-    """Hand-written importance in the loss's units: every channel of a group worth ``worth[group]``."""
-
-    comparable, description, notes = True, "flat by hand", ()
-
-    def __init__(self, worth: dict[str, float]) -> None:
-        self.worth = worth
-
-    def scores(self, graph: ComponentGraph, keys: list[str], batches: Iterator[object] | None = None
-               ) -> dict[str, torch.Tensor]:
-        return {k: torch.full((graph.groups[k].width,), self.worth[k]) for k in keys}
-
-    def __call__(self, graph: ComponentGraph, key: str) -> torch.Tensor:
-        return self.scores(graph, [key])[key]
-
-
-def test_latency_knapsack_prices_thin_groups_up(two_part) -> None:
-    """A decoder.1 channel is worth 1.1, an encoder.0 one 1.0, and a decoder.1 block saves 1/6 ms against encoder.0's
-    1/8: per millisecond the decoder is cheaper. Plain greedy (HALP's) cuts only the decoder until 2.6 ms holds;
-    the knapsack prices each block up by (dense / kept after it) ** THINNING, so once the decoder has thinned the
-    encoder gives time too."""
-    task, cost = _distil_task(two_part), _hand_cost()
-    context = _context(task, two_part, _dense_plan(task, two_part), cost=cost)
-    context.importance = _Flat({"encoder.0": 1.0, "encoder.3": 1.0, "decoder.1": 1.1})  # type: ignore[assignment]
-
-    plain, knapsack = _fill(context, 2.6, thinning=0.0), _fill(context, 2.6)
-    assert plain.plan.kept("encoder.0") == 32 and plain.plan.kept("decoder.1") == 12
-    assert knapsack.plan.kept("encoder.0") < 32 and knapsack.plan.kept("decoder.1") > 12
-    assert knapsack.predicted_ms is not None and knapsack.predicted_ms <= 2.6
 
 
 def test_gradient_trades_the_loss_against_the_differentiable_latency(two_part) -> None:
@@ -499,7 +455,7 @@ def test_select_keeps_the_cut_the_loss_rises_least_from(two_part) -> None:
         return {label: loss_rise(loss_terms(task.loss, recalibrated(p.model, task.loss, calibration) if recalibrate
                                             else p.model, held_out), reference) for label, p in alone.items()}
 
-    for ms in (3.0, 2.0):
+    for ms in (3.0, 2.6):
         chosen = get_planner("select").propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
         alone = {label: get_planner(name).propose(_context(task, two_part, plan, cost=cost), LatencyTarget(ms))
                  for label, name in (("knapsack", "knapsack"), ("taylor", "tp-taylor"), ("magnitude", "tp-global"))}

@@ -175,4 +175,4 @@ class HalpPlanner(_LatencyBaseline):
         return taylor(context)
 
     def search(self, context: StepContext, space: SearchSpace, cost: CostModel, target: LatencyTarget) -> Search:
-        return fill(dataclasses.replace(context, component_shares={}), space, target)  # HALP's greedy: no thinning
+        return fill(dataclasses.replace(context, component_shares={}), space, target)

@@ -5,11 +5,10 @@ Where the sparsity planners aim at a share of channels, this aims at a latency: 
 where the target spends it rather than where FLOPs are. A greedy knapsack over granule blocks: each round prices
 the next block of every group (its channels' application importance, in the task loss's units across groups; a
 magnitude over its cluster's mean, see :meth:`SearchSpace.cluster_means`) against the latency the cost model says
-removing it saves, and removes the cheapest; a block that saves nothing is never taken. A block's importance is
-priced up as its group thins (:data:`THINNING`), so no layer is left a sliver while others stay whole. Once the target
-holds, the removed blocks that fit back under it go back, most importance per millisecond first. The context's
-component shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of
-it): while one is over, only groups touching it are cut.
+removing it saves, and removes the cheapest; a block that saves nothing is never taken. Once the target holds, the
+removed blocks that fit back under it go back, most importance per millisecond first. The context's component
+shares cap a component's predicted time at a share of the target (an encoder that may take at most 30 % of it):
+while one is over, only groups touching it are cut.
 """
 
 from __future__ import annotations
@@ -27,13 +26,6 @@ from edgeprune.planners.base import (
     register,
 )
 from edgeprune.planners.space import Search, SearchSpace, SpaceGroup, steps_down
-
-#: A block's importance counts (dense width / channels its group keeps after the cut) ** THINNING times. Channel
-#: scores are each channel's alone, and a layer left a few channels loses more than their sum: cut from dense to
-#: 0.35x of its latency in one step and fine-tuned 200 steps, digits-resnet held 0.950 accuracy with the plain scores
-#: (its knapsack kept the residual widths whole and left 8 of 64 channels in a block's inner conv), 0.994 at 0.5 and
-#: 0.972 at 1 (the Taylor and L2 rankings of the same step: 0.978 and 0.975), 2026-12-04.
-THINNING = 0.5
 
 
 @register
@@ -54,14 +46,13 @@ class KnapsackPlanner:
             raise PlannerError("the knapsack needs the target's cost model in the step's context")
         space = SearchSpace(context)
         space.rank(context.batches())
-        return space.propose(self.name, target, fill(context, space, target, THINNING))
+        return space.propose(self.name, target, fill(context, space, target))
 
 
-def fill(context: StepContext, space: SearchSpace, target: LatencyTarget, thinning: float = 0.0) -> Search:
+def fill(context: StepContext, space: SearchSpace, target: LatencyTarget) -> Search:
     """Remove the block that loses least importance per predicted millisecond saved until the target holds; then
     give back the removed blocks that fit in what the last removal overshot (a greedy knapsack's classic repair: one
-    block of a full-resolution layer can save several times what was still missing). A block's importance counts
-    (dense width / channels left after it) ** ``thinning`` times (see :data:`THINNING`; HALP's greedy: 0)."""
+    block of a full-resolution layer can save several times what was still missing)."""
     cost, budget_ms, shares = context.cost, target.ms, context.component_shares
     assert cost is not None
     free = space.free
@@ -75,7 +66,7 @@ def fill(context: StepContext, space: SearchSpace, target: LatencyTarget, thinni
 
     def loss(g: SpaceGroup, lo: int, hi: int) -> float:
         """The importance channels ``lo:hi`` of group ``g`` carry, comparable across groups."""
-        return float(g.scores[lo:hi].sum()) / means[g.cluster] * (g.dense / max(lo, 1)) ** thinning
+        return float(g.scores[lo:hi].sum()) / means[g.cluster]
 
     def over(counts: dict[str, int], predicted: float) -> str | None:
         """The component furthest over its share, or '' for the whole budget, or None when everything holds."""
