@@ -9,17 +9,16 @@ after every pruning step and on the final widths (a step aimed at the budget tha
 ones before it is judged), the same rollback on the metric, the same measurements (each
 step timed in alternation with the dense model), the same cost model — and differ only in which channels go:
 
-- ``edgeprune``: tune's default ``--strategy select``: each step plans the ``knapsack``'s cut and global rankings by
-  Taylor and by L2 magnitude against the same latency target on the measured cost model, races them (each
-  fine-tuned a twelfth of the step's fine-tune steps, paid from them: the kept cut gets the rest) and keeps the one
-  the task's loss then rises least from (held-out training batches, each cut's BatchNorm statistics re-estimated for
-  the score only);
-- ``knapsack``: edgeprune's latency knapsack alone (the default before ``select``): least application importance
-  (the task loss's sensitivity with magnitude, normalised per component) lost per millisecond the measured cost
-  model says a block saves. Both edgeprune rows keep interfaces between components until a step's target is out of
-  reach without cutting them or a step that kept them breaks the metric budget (tune's default ``--flow-policy
-  last``; ``joint`` on digits-resnet, whose components are stages of one CNN; the fashion tasks' networks are one
-  component each, so they have no interface);
+- ``edgeprune``: tune's default ``--strategy knapsack``: least application importance (the task loss's sensitivity
+  with magnitude, normalised per component) lost per millisecond the measured cost model says a block saves;
+- ``select``: the default until 2026-12-04: each step plans the knapsack's cut and global rankings by Taylor and by
+  L2 magnitude against the same latency target on the measured cost model, races them (each fine-tuned a twelfth of
+  the step's fine-tune steps, paid from them: the kept cut gets the rest) and keeps the one the task's loss then
+  rises least from (held-out training batches, each cut's BatchNorm statistics re-estimated for the score only).
+  Both edgeprune rows keep interfaces between components until a step's target is out of reach without cutting them
+  or a step that kept them breaks the metric budget (tune's default ``--flow-policy last``; ``joint`` on
+  digits-resnet, whose components are stages of one CNN; the fashion tasks' networks are one component each, so they
+  have no interface);
 - ``tp-local``: the same ratio in every group, Torch-Pruning's L2 group magnitude (local pruning);
 - ``tp-global``: one global ranking of blocks by that magnitude (Torch-Pruning's global pruning);
 - ``tp-taylor``: one global ranking by first-order Taylor importance;
@@ -28,7 +27,8 @@ step timed in alternation with the dense model), the same cost model — and dif
 
 Two one-shot rows (labelled so) keep the old comparison: Torch-Pruning's MetaPruner from the dense model at ratio
 0.1, 0.2, … (global / local magnitude): the first that measures within the budget (or 0.9) is fine-tuned once with the
-total fine-tune steps of edgeprune's run on that row; the metric budget is reported, not enforced.
+total fine-tune steps of edgeprune's run on that row (select's, in the rows measured before 2026-12-04 09:00); the
+metric budget is reported, not enforced.
 
 Every latency is relative to the dense model measured in alternation with it (``Runtime.compare``), so a row's
 speed-ups are free of this machine's drift; ``latency_ms`` is that ratio × the dense latency the run measured.
@@ -74,7 +74,7 @@ FINAL_FINETUNE = {task: 4 * steps for task, steps in FINETUNE.items()}
 """Fine-tune steps on the final widths, after the last pruning step (``--final-finetune-steps``): kept only where
 the metric does not get worse, and counted in the method's fine-tune steps."""
 FLOW_POLICY = {"digits-resnet": "joint"}  # see the module docstring
-EDGEPRUNE = {"edgeprune": DEFAULT_STRATEGY, "knapsack": "knapsack"}  # method -> strategy
+EDGEPRUNE = {"edgeprune": DEFAULT_STRATEGY, "select": "select"}  # method -> strategy
 LOOP = [*EDGEPRUNE, "tp-local", "tp-global", "tp-taylor", "halp"]
 ONE_SHOT = {"tp-global one-shot": True, "tp-local one-shot": False}  # method -> global pruning
 TARGET = "cpu"

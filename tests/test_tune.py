@@ -214,11 +214,12 @@ def shared_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return root
 
 
-def test_the_default_select_plans_on_the_measured_cost_model_and_recalibrates(tmp_path: Path, quick_target: str,
-                                                                               shared_profiles: Path) -> None:
+def test_select_plans_on_the_measured_cost_model_and_races_its_cuts(tmp_path: Path, quick_target: str,
+                                                                    shared_profiles: Path) -> None:
     settings = TuneSettings(task="digits-autoencoder", target=quick_target, latency_budget="0.6x",
-                            metric_budget="psnr>=15", step=0.2, finetune_steps=20)
-    assert settings.strategy == "select" and "default: select" in CliRunner().invoke(app, ["tune", "--help"]).stdout
+                            metric_budget="psnr>=15", step=0.2, finetune_steps=20, strategy="select")
+    default = TuneSettings(task="digits-autoencoder", target=quick_target).strategy
+    assert default == "knapsack" and "default: knapsack" in CliRunner().invoke(app, ["tune", "--help"]).stdout
     result = tune(settings, tmp_path / "select")
     assert result.status == "met", result.reason
     manifest = result.manifest

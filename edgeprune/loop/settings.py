@@ -39,10 +39,10 @@ class TuneSettings(BaseModel):
     seed: int = 0
     strategy: str = Field(
         DEFAULT_STRATEGY, description="the planner that chooses each step's channels (a name in "
-                                      "edgeprune.planners.PLANNERS): by default the latency knapsack and two rankings "
-                                      "sized on the target's measured cost model, the task's loss choosing; the "
-                                      "knapsack alone, uniform magnitude, one global ranking, grid search on the "
-                                      "metric, gradient descent, or a baseline")
+                                      "edgeprune.planners.PLANNERS): by default the latency knapsack on the target's "
+                                      "measured cost model; the knapsack and two rankings raced (select), uniform "
+                                      "magnitude, one global ranking, grid search on the metric, gradient descent, or "
+                                      "a baseline")
     epsilon: float = Field(0.02, gt=0, lt=0.5, description="grid: sparsity tolerance around each step's ratio; "
                                                           "gradient: relative tolerance around its latency target")
     flow_policy: FlowPolicy = Field(

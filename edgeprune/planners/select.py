@@ -21,6 +21,10 @@ loss gets the knapsack; one without a fine-tune, or a step only the knapsack rea
 No uniform ratio among them: on seed 0 of the bench, select without it was level (within 0.07 dB) or better on every
 row where the uniform ratio was a fourth candidate (2026-12-02), and met MobileNetV2 0.35x, which select with it
 missed after keeping the uniform cut at near ties in its first two steps.
+
+Not the default since 2026-12-04: over three seeds the knapsack alone scored above select in 6 of the 7 same-seed,
+same-machine pairs on the Fashion-MNIST rows, and at or above every meeting baseline there
+(bench/results/latency_budget.md).
 """
 
 from __future__ import annotations
