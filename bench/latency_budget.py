@@ -62,6 +62,7 @@ from edgeprune.artifact.export import export_onnx, to_numpy
 from edgeprune.core.budgets import LatencyBudget, MetricBudget
 from edgeprune.core.targets import load_target
 from edgeprune.core.task import Task, load_task
+from edgeprune.devices.probe import cpu_model
 from edgeprune.loop import TuneSettings, tune
 from edgeprune.loop.loop import OPENED, UNTUNED
 from edgeprune.planners import DEFAULT_STRATEGY
@@ -163,12 +164,13 @@ def row_key(row: dict[str, object]) -> tuple[object, ...]:
 
 
 def provenance(frame: pd.DataFrame) -> str:
-    """When the rows were measured: in one run, or per task the bench run(s) (their starts) its rows come from — a
-    task's rows from two runs are a resumed run, or rows merged by hand, and the table says so."""
-    runs = frame.groupby("task", sort=False)["run"].unique()
+    """When and where the rows were measured: in one run, or per task the bench run(s) (their starts and CPUs) its rows
+    come from — a task's rows from two runs are a resumed run, or rows merged by hand, and the table says so."""
+    runs = frame.assign(host=frame["host"].fillna("CPU not recorded") if "host" in frame else "CPU not recorded")
+    where = (runs["run"] + " (" + runs["host"] + ")").groupby(runs["task"], sort=False).unique()
     if frame["run"].nunique() == 1:
-        return f"every row in one run (started {frame['run'].iloc[0]})"
-    return "rows by the run they were measured in: " + "; ".join(f"{t} {', '.join(r)}" for t, r in runs.items())
+        return f"every row in one run (started {where.iloc[0][0]})"
+    return "rows by the run they were measured in: " + "; ".join(f"{t} {', '.join(r)}" for t, r in where.items())
 
 
 def main() -> None:
@@ -214,7 +216,7 @@ def main() -> None:
             else:
                 row = loop_run(task, method, budget, work, seed)
             row = {"task": name, "budget": budget, "method": method, "seed": seed,
-                   "measured": dt.date.today().isoformat(), "run": run, "dense_metric": dense_value,
+                   "measured": dt.date.today().isoformat(), "run": run, "host": cpu_model(), "dense_metric": dense_value,
                    "metric_budget": str(metric), **row,
                    "speedup": 1.0 / float(row["relative"]), "mac_reduction": dense_macs / float(row["macs"])}
             row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]

@@ -227,11 +227,28 @@ def test_a_folder_without_a_run_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 # -- the benchmark comparison page, from the committed CSVs ------------------------------------------------------
-def load_compare():
-    spec = importlib.util.spec_from_file_location("bench_compare", BENCH / "compare.py")
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_compare():
+    return load_bench("compare")
+
+
+def test_bench_provenance_names_each_run_with_its_cpu() -> None:
+    """Sessions get different machines: the latency bench says per task which run, on which CPU, measured its rows
+    (rows journalled before the CPU was recorded say so)."""
+    import pandas as pd
+
+    provenance = load_bench("latency_budget").provenance
+    rows = pd.DataFrame({"task": ["a", "a", "b"], "run": ["r1", "r2", "r1"], "host": ["Xeon", None, "Xeon"]})
+    assert provenance(rows) == ("rows by the run they were measured in: a r1 (Xeon), r2 (CPU not recorded); "
+                                "b r1 (Xeon)")
+    assert provenance(rows[rows["run"] == "r1"]) == "every row in one run (started r1 (Xeon))"
+    assert provenance(rows.drop(columns="host").iloc[:1]) == "every row in one run (started r1 (CPU not recorded))"
 
 
 def test_comparison_page_puts_strategies_side_by_side(tmp_path: Path) -> None:
