@@ -23,7 +23,7 @@ from edgeprune.planners.space import policy_sparsity
 #: What ``edgeprune tune`` plans with unless told otherwise: the latency knapsack on the target's measured cost model
 #: (least application importance lost per predicted millisecond). Over three seeds it met both budgets on every row of
 #: the bench and its metric was at least every meeting baseline's on all four Fashion-MNIST rows, where ``select``
-#: (which races it against two rankings) fell below on two (bench/results/latency_budget.md, 2026-12-04)
+#: (which races it against two rankings) fell below on one (bench/results/latency_budget.md, 2026-12-04)
 DEFAULT_STRATEGY = "knapsack"
 
 __all__ = ["DEFAULT_STRATEGY", "PLANNERS", "GradientSettings", "GridSettings", "LatencyTarget", "Planner", "PlannerError", "Proposal",

@@ -22,8 +22,8 @@ No uniform ratio among them: on seed 0 of the bench, select without it was level
 row where the uniform ratio was a fourth candidate (2026-12-02), and met MobileNetV2 0.35x, which select with it
 missed after keeping the uniform cut at near ties in its first two steps.
 
-Not the default since 2026-12-04: over three seeds the knapsack alone scored above select in 6 of the 7 same-seed,
-same-machine pairs on the Fashion-MNIST rows, and at or above every meeting baseline there
+Not the default since 2026-12-04: over three seeds the knapsack alone was at or above every meeting baseline on all
+four Fashion-MNIST rows (select on three) and runs faster; between the two, those rows split two and two by median
 (bench/results/latency_budget.md).
 """
 
