@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence on how this run was made, written under the header")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    run = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    run, host = dt.datetime.now().strftime("%Y-%m-%d %H:%M"), cpu_model()
     work = RESULTS / ".latency_budget-work"
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EDGEPRUNE_PROFILES", str(work / "profiles"))
@@ -216,7 +216,7 @@ def main() -> None:
             else:
                 row = loop_run(task, method, budget, work, seed)
             row = {"task": name, "budget": budget, "method": method, "seed": seed,
-                   "measured": dt.date.today().isoformat(), "run": run, "host": cpu_model(), "dense_metric": dense_value,
+                   "measured": dt.date.today().isoformat(), "run": run, "host": host, "dense_metric": dense_value,
                    "metric_budget": str(metric), **row,
                    "speedup": 1.0 / float(row["relative"]), "mac_reduction": dense_macs / float(row["macs"])}
             row["speedup_per_mac_reduction"] = row["speedup"] / row["mac_reduction"]
