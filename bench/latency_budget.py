@@ -27,8 +27,7 @@ step timed in alternation with the dense model), the same cost model — and dif
 
 Two one-shot rows (labelled so) keep the old comparison: Torch-Pruning's MetaPruner from the dense model at ratio
 0.1, 0.2, … (global / local magnitude): the first that measures within the budget (or 0.9) is fine-tuned once with the
-total fine-tune steps of edgeprune's run on that row (select's, in the rows measured before 2026-12-04 09:00); the
-metric budget is reported, not enforced.
+total fine-tune steps of edgeprune's run on that row and seed; the metric budget is reported, not enforced.
 
 Every latency is relative to the dense model measured in alternation with it (``Runtime.compare``), so a row's
 speed-ups are free of this machine's drift; ``latency_ms`` is that ratio × the dense latency the run measured.
