@@ -23,8 +23,9 @@ row where the uniform ratio was a fourth candidate (2026-12-02), and met MobileN
 missed after keeping the uniform cut at near ties in its first two steps.
 
 Not the default since 2026-12-04: over three seeds the knapsack alone was at or above every meeting baseline on all
-four Fashion-MNIST rows (select on three) and runs faster; between the two, those rows split two and two by median
-(bench/results/latency_budget.md).
+four Fashion-MNIST rows (select on three), above select in 9 of 12 seed pairs there (select kept the knapsack's cut in
+most steps, so the race mostly cost it fine-tuning), and runs faster; select is above it on the autoencoder (6 of 6
+pairs) and the pendulum agent (4 of 6), level on digits-resnet (bench/results/latency_budget.md).
 """
 
 from __future__ import annotations
