@@ -24,8 +24,9 @@ missed after keeping the uniform cut at near ties in its first two steps.
 
 Not the default since 2026-12-04: over three seeds the knapsack alone was at or above every meeting baseline on all
 four Fashion-MNIST rows (select on three), above select in 9 of 12 seed pairs there (select kept the knapsack's cut in
-most steps, so the race mostly cost it fine-tuning), and runs faster; select is above it on the autoencoder (6 of 6
-pairs) and the pendulum agent (4 of 6), level on digits-resnet (bench/results/latency_budget.md).
+14 of 21 steps; racing at RACE = 8, half the cost, did not close the gap at seed 0), and runs faster; select is above
+it on the autoencoder (6 of 6 pairs) and the pendulum agent (4 of 6), level on digits-resnet
+(bench/results/latency_budget.md).
 """
 
 from __future__ import annotations
