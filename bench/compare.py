@@ -91,15 +91,24 @@ def headline(latency: pd.DataFrame) -> str:
 MARGINS_LEGEND = ("Margin: edgeprune's median metric minus that of the best baseline (every other method but "
                   "edgeprune's own select) whose runs mostly met both budgets (positive: edgeprune's is better; for "
                   "a metric where lower is better, the sign is turned), beside the spread of edgeprune's own runs "
-                  "(largest − smallest metric over its seeds): a margin inside that spread is not a ranking. The "
-                  "last column is the same margin for select (the default until 2026-12-04: the knapsack raced against "
-                  "two rankings), against the same baseline.")
+                  "(largest − smallest metric over its seeds): a margin inside that spread is not a ranking. Paired: "
+                  "of the seeds both ran, in how many edgeprune's run met both budgets with a metric at least that "
+                  "baseline's run of the same seed. The last column is the same margin for select (the default until "
+                  "2026-12-04: the knapsack raced against two rankings), against the same baseline.")
 
 
 def signed_margin(runs: pd.DataFrame, best: float, sign: float, method: str) -> str:
     """``runs``' median metric minus ``best``, signed so that positive favours ``runs``; no margin for a method whose
     runs mostly did not meet the budgets."""
     return f"{sign * (float(runs['metric'].median()) - best):+.4g}" if mostly_met(runs) else f"{method} does not meet"
+
+
+def paired(mine: pd.DataFrame, theirs: pd.DataFrame, sign: float) -> str:
+    """Seed by seed: in how many of the seeds both ran ``mine`` met both budgets with a metric at least ``theirs``'
+    (a median hides which way each pair went, and so whether a margin inside the spread is noise)."""
+    both = mine.merge(theirs, on="seed", suffixes=("", "_theirs"))
+    ahead = both["met"] & (sign * (both["metric"] - both["metric_theirs"]) >= 0)
+    return f"{int(ahead.sum())}/{len(both)}"
 
 
 def margins_table(latency: pd.DataFrame, ours: str = "edgeprune", own: tuple[str, ...] = ("select",)
@@ -119,13 +128,13 @@ def margins_table(latency: pd.DataFrame, ours: str = "edgeprune", own: tuple[str
         spread = fmt(mine["metric"].max() - mine["metric"].min()) if len(mine) > 1 else "— (one run)"
         meeting = {m: float(r["metric"].median()) for m, r in runs.items() if mostly_met(r)}
         if not meeting:
-            rows.append([task, budget, method_cell(mine), "none meets", "—", spread, *("—" for _ in own)])
+            rows.append([task, budget, method_cell(mine), "none meets", "—", "—", spread, *("—" for _ in own)])
             continue
         best = max(meeting, key=lambda m: sign * meeting[m])
         rows.append([task, budget, method_cell(mine), f"{best} {fmt(meeting[best])}",
-                     signed_margin(mine, meeting[best], sign, ours), spread,
+                     signed_margin(mine, meeting[best], sign, ours), paired(mine, runs[best], sign), spread,
                      *(signed_margin(others[m], meeting[best], sign, m) if m in others else "—" for m in own)])
-    return (["task", "latency budget", ours, "best baseline that meets", "margin", f"{ours}'s spread",
+    return (["task", "latency budget", ours, "best baseline that meets", "margin", "paired", f"{ours}'s spread",
              *(f"{m}'s margin" for m in own)], rows)
 
 

@@ -305,8 +305,9 @@ def test_a_row_run_with_several_seeds_shows_the_verdict_most_reached_and_the_med
 def test_margins_compare_medians_with_the_best_baseline_that_meets() -> None:
     """The margin is edgeprune's median minus the best median among the baselines that met in most runs (a method
     that mostly broke a budget is no comparison; edgeprune's own select is no baseline, and gets its own margin
-    against the same one), signed so that positive favours edgeprune also where lower is better; the spread is
-    edgeprune's own range over its seeds."""
+    against the same one), signed so that positive favours edgeprune also where lower is better; paired counts the
+    seeds where edgeprune's run met and was at least the baseline's run of that seed; the spread is edgeprune's own
+    range over its seeds."""
     import pandas as pd
 
     compare = load_compare()
@@ -321,14 +322,18 @@ def test_margins_compare_medians_with_the_best_baseline_that_meets() -> None:
                             run("tp-global", 0, 38.0), run("tp-global", 1, 39.5), run("tp-global", 2, 38.2),
                             run("select", 0, 42.0)])
     header, rows = compare.margins_table(latency)
-    assert header[2:] == ["edgeprune", "best baseline that meets", "margin", "edgeprune's spread", "select's margin"]
-    assert rows == [["t", "0.5x", "✓ 3/3 · 2.00× · 39", "tp-global 38.2", "+0.8", "1.5", "+3.8"]]
+    assert header[2:] == ["edgeprune", "best baseline that meets", "margin", "paired", "edgeprune's spread",
+                          "select's margin"]
+    # seed by seed 39 >= 38, 40 >= 39.5, 38.5 >= 38.2
+    assert rows == [["t", "0.5x", "✓ 3/3 · 2.00× · 39", "tp-global 38.2", "+0.8", "3/3", "1.5", "+3.8"]]
     lower = latency.assign(metric_budget="mse<=0.5x", dense_metric=50.0)  # lower is better: the sign turns
-    assert compare.margins_table(lower)[1][0][3:] == ["tp-global 38.2", "-0.8", "1.5", "-3.8"]
+    assert compare.margins_table(lower)[1][0][3:] == ["tp-global 38.2", "-0.8", "0/3", "1.5", "-3.8"]
     alone = latency[latency["method"] != "tp-global"]
-    assert compare.margins_table(alone)[1][0][3:] == ["none meets", "—", "1.5", "—"]
+    assert compare.margins_table(alone)[1][0][3:] == ["none meets", "—", "—", "1.5", "—"]
     short = latency.assign(latency_holds=[False, False, True, *[True] * 6, False])  # edgeprune met 1 of 3 runs
-    assert compare.margins_table(short)[1][0][3:] == ["tp-global 38.2", "edgeprune does not meet", "1.5",
+    assert compare.margins_table(short)[1][0][3:] == ["tp-global 38.2", "edgeprune does not meet", "1/3", "1.5",
                                                       "select does not meet"]
+    one_pair = latency[(latency["method"] != "tp-global") | (latency["seed"] == 1)]  # a baseline run once: one pair
+    assert compare.margins_table(one_pair)[1][0][3:6] == ["tp-global 39.5", "-0.5", "1/1"]
     no_select = latency[latency["method"] != "select"]
     assert compare.margins_table(no_select)[1][0][-1] == "—"
