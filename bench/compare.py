@@ -106,7 +106,7 @@ def signed_margin(runs: pd.DataFrame, best: float, sign: float, method: str) -> 
 def paired(mine: pd.DataFrame, theirs: pd.DataFrame, sign: float) -> str:
     """Seed by seed: in how many of the seeds both ran ``mine`` met both budgets with a metric at least ``theirs``'
     (a median hides which way each pair went, and so whether a margin inside the spread is noise)."""
-    both = mine.merge(theirs, on="seed", suffixes=("", "_theirs"))
+    both = mine.merge(theirs[["seed", "metric"]], on="seed", suffixes=("", "_theirs"))
     ahead = both["met"] & (sign * (both["metric"] - both["metric_theirs"]) >= 0)
     return f"{int(ahead.sum())}/{len(both)}"
 
